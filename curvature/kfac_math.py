@@ -1,0 +1,219 @@
+"""Pure K-FAC math: factor statistics, eigendecompositions, preconditioning and trust-region scaling.
+
+Every function here is stateless and works on any device and dtype. Shape conventions:
+
+- ``N``: number of rows of a statistics batch (examples, or examples x positions for KFC).
+- ``d_in``: layer input size (``C * kh * kw`` for a convolution); ``d_in + 1`` with the homogeneous
+  coordinate that carries the bias (the bias is the LAST column of the weight matrix).
+- ``d_out``: layer output size (output channels for a convolution).
+- Weight gradients are matrices of shape ``(d_out, d_in [+1])``; with column-major ``vec``,
+  ``(A ⊗ G) vec(V) = vec(G V A)`` for symmetric ``A`` and ``G``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class Eigendecomposition(NamedTuple):
+    """``factor = eigenvectors @ diag(eigenvalues) @ eigenvectors.T`` with ``eigenvalues >= 0``.
+
+    Shapes: ``eigenvalues (d,)``, ``eigenvectors (d, d)`` (columns are eigenvectors).
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+
+
+def second_moment(rows: Tensor, *, with_ones: bool, count: int | None = None) -> Tensor:
+    """Uncentred second moment ``(1/count) Σ_n ā_n ā_nᵀ`` of the rows of ``rows``.
+
+    Args:
+        rows: ``(N, d)``.
+        with_ones: append the homogeneous coordinate, i.e. use ``ā = [a, 1]`` without materialising
+            the concatenated ``(N, d+1)`` matrix (it can be hundreds of MB for a convolution).
+        count: normaliser; defaults to ``N``.
+
+    Returns:
+        ``(d + with_ones, d + with_ones)`` symmetric matrix.
+    """
+    count = rows.shape[0] if count is None else count
+    moment = rows.T @ rows
+    if not with_ones:
+        return moment / count
+    dim = rows.shape[1]
+    result = rows.new_empty((dim + 1, dim + 1))
+    result[:dim, :dim] = moment
+    column_sum = rows.sum(dim=0)
+    result[:dim, dim] = column_sum
+    result[dim, :dim] = column_sum
+    result[dim, dim] = rows.shape[0]
+    return result / count
+
+
+def conv2d_patches(
+    inputs: Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """Unfold a convolution's input into one row per (example, output position).
+
+    Args:
+        inputs: ``(B, C, H, W)``.
+
+    Returns:
+        ``(B * Oh * Ow, C * kh * kw)``; the column order matches ``weight.reshape(d_out, -1)``.
+    """
+    patches = F.unfold(inputs, kernel_size, dilation=dilation, padding=padding, stride=stride)
+    # (B, C*kh*kw, Oh*Ow) -> (B*Oh*Ow, C*kh*kw)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def linear_activation_factor(inputs: Tensor, *, has_bias: bool) -> Tensor:
+    """K-FAC ``A = E[ā āᵀ]`` for a linear layer, averaged over all rows.
+
+    Args:
+        inputs: ``(B, ..., d_in)``; extra leading dimensions (sequence positions) are rows too.
+
+    Returns:
+        ``(d_in + has_bias, d_in + has_bias)``.
+    """
+    return second_moment(inputs.reshape(-1, inputs.shape[-1]), with_ones=has_bias)
+
+
+def gradient_factor(output_grads: Tensor, *, batch_size: int, grad_scale: float) -> Tensor:
+    """K-FAC ``G = E_b[Σ_positions g gᵀ]``: per-example second moment, summed over positions.
+
+    ``g`` is the gradient of the example's sampled log-likelihood with respect to the layer output;
+    ``output_grads`` are the gradients backprop delivered, so ``g = grad_scale * output_grads``
+    (``grad_scale = B`` undoes the ``1/B`` of a loss that is a mean over the batch).
+
+    Args:
+        output_grads: ``(B * P, d_out)`` rows, ``P`` positions per example (1 for a plain linear layer).
+        batch_size: ``B``, the number of examples the expectation is over.
+        grad_scale: factor turning backprop gradients into per-example gradients.
+
+    Returns:
+        ``(d_out, d_out)``.
+    """
+    scaled = output_grads * grad_scale
+    return (scaled.T @ scaled) / batch_size
+
+
+def symmetrise(matrix: Tensor) -> Tensor:
+    """``(M + Mᵀ) / 2`` for ``(d, d)`` matrices: rounding makes accumulated factors slightly asymmetric."""
+    return (matrix + matrix.T) * 0.5
+
+
+def _first_attempt_dtype(factor: Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    if dtype is not None:
+        return dtype
+    return torch.float64 if factor.dtype == torch.float64 else torch.float32
+
+
+def safe_eigh(factor: Tensor, *, dtype: torch.dtype | None = None) -> Eigendecomposition | None:
+    """Eigendecomposition of a symmetric PSD factor that never raises.
+
+    Tries ``dtype`` (default: float32, or float64 for a float64 factor), retries in float64 if that
+    raises or returns non-finite values, clamps eigenvalues at zero, and returns ``None`` if both
+    attempts fail. Results are cast back to ``factor.dtype``. (``torch.symeig`` is gone;
+    ``torch.linalg.eigh`` is the supported API.)
+
+    Args:
+        factor: ``(d, d)`` symmetric matrix.
+    """
+    matrix = symmetrise(factor)
+    for attempt_dtype in (_first_attempt_dtype(factor, dtype), torch.float64):
+        try:
+            eigenvalues, eigenvectors = torch.linalg.eigh(matrix.to(attempt_dtype))
+        except (RuntimeError, torch.linalg.LinAlgError):
+            continue
+        # One host sync per decomposition is acceptable: decompositions are amortised.
+        if bool(torch.isfinite(eigenvalues).all()) and bool(torch.isfinite(eigenvectors).all()):
+            return Eigendecomposition(
+                eigenvalues.clamp_min(0.0).to(factor.dtype), eigenvectors.to(factor.dtype)
+            )
+    return None
+
+
+def eigen_precondition(
+    grad_matrix: Tensor, activation: Eigendecomposition, gradient: Eigendecomposition, damping: float
+) -> Tensor:
+    """Natural gradient with exact Tikhonov damping: ``(A ⊗ G + λ I)⁻¹ vec(∇W)``.
+
+    ``Δ = Q_G [ (Q_Gᵀ ∇W Q_A) / (d_G d_Aᵀ + λ) ] Q_Aᵀ``.
+
+    Args:
+        grad_matrix: ``(d_out, d_in')``.
+        activation: decomposition of ``A`` ``(d_in', d_in')``.
+        gradient: decomposition of ``G`` ``(d_out, d_out)``.
+
+    Returns:
+        ``(d_out, d_in')``.
+    """
+    q_a, q_g = activation.eigenvectors, gradient.eigenvectors
+    rotated = q_g.T @ grad_matrix @ q_a
+    rotated = rotated / (torch.outer(gradient.eigenvalues, activation.eigenvalues) + damping)
+    return q_g @ rotated @ q_a.T
+
+
+def factored_damping_pi(activation_factor: Tensor, gradient_factor_: Tensor) -> Tensor:
+    """``π = sqrt((tr A / dim A) / (tr G / dim G))`` (Martens & Grosse 2015, §6.3); 0-dim tensor."""
+    tiny = torch.finfo(activation_factor.dtype).tiny
+    activation_trace = torch.diagonal(activation_factor).mean().clamp_min(tiny)
+    gradient_trace = torch.diagonal(gradient_factor_).mean().clamp_min(tiny)
+    return torch.sqrt(activation_trace / gradient_trace)
+
+
+def safe_damped_inverse(
+    factor: Tensor, damping: Tensor | float, *, dtype: torch.dtype | None = None
+) -> Tensor | None:
+    """``(factor + damping I)⁻¹`` by Cholesky; float64 retry; ``None`` if both fail.
+
+    Args:
+        factor: ``(d, d)`` symmetric PSD.
+    """
+    matrix = symmetrise(factor)
+    for attempt_dtype in (_first_attempt_dtype(factor, dtype), torch.float64):
+        damped = matrix.to(attempt_dtype)
+        damped = damped + torch.as_tensor(damping, dtype=attempt_dtype, device=damped.device) * torch.eye(
+            damped.shape[0], dtype=attempt_dtype, device=damped.device
+        )
+        cholesky, info = torch.linalg.cholesky_ex(damped)
+        if int(info) != 0:
+            continue
+        inverse = torch.cholesky_inverse(cholesky)
+        if bool(torch.isfinite(inverse).all()):
+            return inverse.to(factor.dtype)
+    return None
+
+
+def factored_precondition(
+    grad_matrix: Tensor, activation_inverse: Tensor, gradient_inverse: Tensor
+) -> Tensor:
+    """``(G + (√λ/π) I)⁻¹ ∇W (A + π√λ I)⁻¹`` given the two damped inverses.
+
+    Args:
+        grad_matrix: ``(d_out, d_in')``; inverses ``(d_in', d_in')`` and ``(d_out, d_out)``.
+    """
+    return gradient_inverse @ grad_matrix @ activation_inverse
+
+
+def trust_region_scale(natural_grad_dot: Tensor, lr: float, kl_clip: float | None) -> Tensor:
+    """ACKTR's step scale ``ν = min(1, sqrt(δ / (η² Σ⟨Δ, g⟩)))`` as a 0-dim tensor (no host sync).
+
+    With update ``η ν Δ`` the quadratic model of the KL is ``½ η² ν² ΔᵀF̂Δ ≈ ½ η² ν² ⟨Δ, g⟩``, so
+    ``ν`` caps the predicted KL at ``δ/2`` (baselines' convention: the ½ is absorbed into δ).
+    ``kl_clip=None`` disables the trust region (ν = 1).
+    """
+    if kl_clip is None:
+        return torch.ones((), dtype=natural_grad_dot.dtype, device=natural_grad_dot.device)
+    tiny = torch.finfo(natural_grad_dot.dtype).tiny
+    quadratic = (lr * lr) * natural_grad_dot.clamp_min(tiny)
+    return torch.sqrt(kl_clip / quadratic).clamp(max=1.0)

@@ -1,0 +1,405 @@
+"""The K-FAC preconditioner: rewrites ``.grad`` of any ``nn.Module`` with the natural gradient.
+
+Usage (the optimizer is any torch optimizer; ACKTR uses SGD with momentum)::
+
+    kfac = KFAC(model, lr=0.25, damping=1e-2, kl_clip=1e-3)
+    with kfac.collect_statistics():                 # hooks live only inside this block
+        output = model(x)
+        sampled_nll(output).backward(retain_graph=True)   # targets SAMPLED from the model
+    model.zero_grad()
+    loss(output).backward()
+    info = kfac.precondition()                      # natural gradient, scaled by the KL trust region
+    optimizer.step()
+
+It knows nothing about reinforcement learning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from acktr.curvature import kfac_math
+from acktr.curvature.blocks import INVERSE_METHODS, KFACBlock, block_class_for
+
+LOSS_REDUCTIONS = ("mean", "sum")
+STATE_VERSION = 1
+
+
+@dataclass
+class PreconditionInfo:
+    """What one :meth:`KFAC.precondition` call did.
+
+    Tensors are 0-dim and stay on the model's device (no host sync); :meth:`as_dict` converts.
+    """
+
+    step_scale: Tensor
+    """ν, the trust-region scale applied to every gradient (1 when ``kl_clip`` is None)."""
+    predicted_kl: Tensor
+    """``η² ν² Σ⟨Δ, g⟩``: the quadratic-model KL of the step that will be taken (baselines' units)."""
+    natural_grad_dot: Tensor
+    """``Σ⟨Δ, g⟩ = gᵀ F̂⁻¹ g`` before scaling (uncovered parameters contribute ``⟨g, g⟩``)."""
+    eigh_failures: int
+    """Total decompositions so far that failed in float32 and float64 (previous result kept)."""
+    inverses_updated: bool
+    factor_ms: float
+    """Wall time of statistics work since the previous precondition() call."""
+    inverse_ms: float
+    precondition_ms: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "step_scale": float(self.step_scale),
+            "predicted_kl": float(self.predicted_kl),
+            "natural_grad_dot": float(self.natural_grad_dot),
+            "eigh_failures": float(self.eigh_failures),
+            "inverses_updated": float(self.inverses_updated),
+            "factor_ms": self.factor_ms,
+            "inverse_ms": self.inverse_ms,
+            "precondition_ms": self.precondition_ms,
+        }
+
+
+def _check_positive_number(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"KFAC: {name} must be a number, got {type(value).__name__} {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"KFAC: {name} must be {bound}, got {value!r}")
+    return float(value)
+
+
+def _check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"KFAC: {name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"KFAC: {name} must be {'>= 0' if allow_zero else '>= 1'}, got {value!r}")
+    return value
+
+
+class KFAC:
+    """K-FAC natural-gradient preconditioner with a KL trust region (Martens & Grosse 2015; ACKTR).
+
+    Args:
+        model: any module; every submodule whose type has a registered block (``nn.Linear``,
+            ``nn.Conv2d``) is covered. Other modules with parameters are listed in one warning: their
+            gradients are left unchanged (but still scaled by the trust region).
+        lr: learning rate η the trust region assumes (float or zero-argument callable);
+            :meth:`precondition` may override it per call.
+        damping: Tikhonov damping λ added to ``A ⊗ G``.
+        factor_decay: running-average decay ε of the factors, ``F ← ε F + (1 − ε) F_new``.
+        kl_clip: trust-region size δ; ``None`` disables step scaling.
+        update_factors_every: collect statistics on every n-th :meth:`collect_statistics` block.
+        update_inverses_every: refresh decompositions on every n-th :meth:`precondition` call.
+        cold_start_updates: plain (equal-weight) averaging of the first n statistics updates, then
+            exponential averaging with ``factor_decay``.
+        inverse_method: ``"eigen"`` (exact Tikhonov damping via eigendecompositions; the default) or
+            ``"cholesky"`` (factored π-damping with Cholesky inverses, cheaper to refresh).
+        factor_dtype: dtype of factors and decompositions; default float32 (float64 for float64 models).
+        modules: restrict coverage to these modules (default: every supported submodule).
+        loss_reduction: ``"mean"`` if the statistics loss is a mean over the batch (backprop gradients are
+            multiplied by the batch size to recover per-example gradients), ``"sum"`` otherwise.
+        warn_unsupported: emit the warning about uncovered modules.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lr: float | Callable[[], float] = 0.25,
+        damping: float = 1e-2,
+        factor_decay: float = 0.99,
+        kl_clip: float | None = 1e-3,
+        update_factors_every: int = 1,
+        update_inverses_every: int = 10,
+        cold_start_updates: int = 10,
+        inverse_method: str = "eigen",
+        factor_dtype: torch.dtype | None = None,
+        modules: Iterable[nn.Module] | None = None,
+        loss_reduction: str = "mean",
+        warn_unsupported: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"KFAC: model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(lr):
+            _check_positive_number("lr", lr, allow_zero=True)
+        self.lr = lr
+        self.damping = damping
+        self.kl_clip = kl_clip
+        self.factor_decay = factor_decay
+        if not 0.0 <= _check_positive_number("factor_decay", factor_decay, allow_zero=True) < 1.0:
+            raise ValueError(f"KFAC: factor_decay must be in [0, 1), got {factor_decay!r}")
+        self.update_factors_every = _check_positive_int("update_factors_every", update_factors_every)
+        self.update_inverses_every = _check_positive_int("update_inverses_every", update_inverses_every)
+        self.cold_start_updates = _check_positive_int(
+            "cold_start_updates", cold_start_updates, allow_zero=True
+        )
+        if inverse_method not in INVERSE_METHODS:
+            raise ValueError(f"KFAC: inverse_method must be one of {INVERSE_METHODS}, got {inverse_method!r}")
+        self.inverse_method = inverse_method
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"KFAC: loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
+        self.loss_reduction = loss_reduction
+
+        self.model = model
+        self.blocks: list[KFACBlock] = self._make_blocks(model, modules, factor_dtype, warn_unsupported)
+        covered = {id(p) for block in self.blocks for p in block.parameters()}
+        self._uncovered_parameters = [p for p in model.parameters() if id(p) not in covered]
+
+        self.steps = 0
+        self.statistics_calls = 0
+        self._collecting = False
+        self._factor_seconds = 0.0
+
+    # ----------------------------------------------------------------- hyperparameters (validated on set)
+    @property
+    def damping(self) -> float:
+        return self._damping
+
+    @damping.setter
+    def damping(self, value: float) -> None:
+        self._damping = _check_positive_number("damping", value)
+
+    @property
+    def kl_clip(self) -> float | None:
+        return self._kl_clip
+
+    @kl_clip.setter
+    def kl_clip(self, value: float | None) -> None:
+        self._kl_clip = None if value is None else _check_positive_number("kl_clip", value)
+
+    def current_lr(self) -> float:
+        return float(self.lr()) if callable(self.lr) else float(self.lr)
+
+    # ----------------------------------------------------------------- construction
+    @staticmethod
+    def _make_blocks(
+        model: nn.Module,
+        modules: Iterable[nn.Module] | None,
+        factor_dtype: torch.dtype | None,
+        warn_unsupported: bool,
+    ) -> list[KFACBlock]:
+        wanted = None if modules is None else {id(m) for m in modules}
+        blocks: list[KFACBlock] = []
+        uncovered: list[str] = []
+        for name, module in model.named_modules():
+            own_params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            block_class = block_class_for(module)
+            selected = wanted is None or id(module) in wanted
+            if block_class is None or not selected or getattr(module, "weight", None) is None:
+                if own_params:
+                    uncovered.append(f"{name or '<root>'} ({type(module).__name__})")
+                continue
+            if not module.weight.requires_grad:
+                continue
+            dtype = factor_dtype
+            if dtype is None:
+                dtype = torch.float64 if module.weight.dtype == torch.float64 else torch.float32
+            blocks.append(block_class(module, name, factor_dtype=dtype))
+        if wanted is not None:
+            found = {id(block.module) for block in blocks}
+            missing = [m for m in model.modules() if id(m) in wanted and id(m) not in found]
+            if len(found) + len(missing) < len(wanted):
+                raise ValueError("KFAC: modules= contains modules that are not part of the model")
+            if missing:
+                names = ", ".join(type(m).__name__ for m in missing)
+                raise ValueError(
+                    f"KFAC: no K-FAC block for {names}; supported: Linear, Conv2d (or register one)"
+                )
+        if not blocks:
+            raise ValueError(
+                "KFAC: the model has no nn.Linear or nn.Conv2d layer with trainable weights to precondition"
+            )
+        if uncovered and warn_unsupported:
+            warnings.warn(
+                "K-FAC covers no block for: "
+                + ", ".join(uncovered)
+                + "; their gradients are left to the base optimizer (still scaled by the trust region)",
+                UserWarning,
+                stacklevel=3,
+            )
+        return blocks
+
+    def covered_parameters(self) -> list[nn.Parameter]:
+        """Parameters preconditioned by a K-FAC block."""
+        return [p for block in self.blocks for p in block.parameters()]
+
+    def uncovered_parameters(self) -> list[nn.Parameter]:
+        """Model parameters left to the base optimizer (scaled by the trust region only)."""
+        return list(self._uncovered_parameters)
+
+    # ----------------------------------------------------------------- statistics
+    @contextlib.contextmanager
+    def collect_statistics(self) -> Iterator[None]:
+        """Record ``A`` and ``G`` for the forward and backward passes run inside this block.
+
+        Run the forward pass (or reuse one run inside) and the backward pass of a loss whose targets are
+        sampled from the model's own predictive distribution. Hooks exist only inside the block, so
+        rollouts and the training-loss backward pay nothing. Passes under ``torch.no_grad()`` are
+        ignored. Only every ``update_factors_every``-th block collects.
+        """
+        if self._collecting:
+            raise RuntimeError("KFAC.collect_statistics() blocks cannot be nested")
+        active = self.statistics_calls % self.update_factors_every == 0
+        self.statistics_calls += 1
+        if not active:
+            yield
+            return
+        handles = [
+            block.module.register_forward_hook(self._make_forward_hook(block)) for block in self.blocks
+        ]
+        for block in self.blocks:
+            block.reset_accumulators()
+        self._collecting = True
+        succeeded = False
+        try:
+            yield
+            succeeded = True
+        finally:
+            self._collecting = False
+            for handle in handles:
+                handle.remove()
+            if succeeded:
+                self._update_factors()
+            for block in self.blocks:
+                block.reset_accumulators()
+
+    def _make_forward_hook(self, block: KFACBlock) -> Callable[..., None]:
+        mean_reduction = self.loss_reduction == "mean"
+
+        def gradient_hook(output_grad: Tensor) -> None:
+            # The graph may be backpropagated again after the block closed (retain_graph): ignore that.
+            if self._collecting:
+                start = time.perf_counter()
+                block.accumulate_gradients(output_grad, mean_reduction=mean_reduction)
+                self._factor_seconds += time.perf_counter() - start
+
+        def forward_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if not (torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad):
+                return
+            start = time.perf_counter()
+            block.accumulate_activations(args[0])
+            output.register_hook(gradient_hook)
+            self._factor_seconds += time.perf_counter() - start
+
+        return forward_hook
+
+    def _update_factors(self) -> None:
+        start = time.perf_counter()
+        for block in self.blocks:
+            pending = block.pending_statistics()
+            if pending is None:
+                continue
+            updates = block.statistics_updates
+            decay = self.factor_decay
+            if updates < self.cold_start_updates:
+                decay = min(decay, updates / (updates + 1))  # plain average during the cold start
+            block.update_factors(*pending, decay=decay)
+        self._factor_seconds += time.perf_counter() - start
+
+    # ----------------------------------------------------------------- preconditioning
+    def update_curvature(self) -> None:
+        """Refresh every block's eigendecompositions (or damped inverses) from its current factors."""
+        for block in self.blocks:
+            block.update_curvature(method=self.inverse_method, damping=self.damping)
+
+    @property
+    def eigh_failures(self) -> int:
+        return sum(block.decomposition_failures for block in self.blocks)
+
+    @torch.no_grad()
+    def precondition(self, lr: float | None = None) -> PreconditionInfo:
+        """Rewrite every parameter's ``.grad`` with the trust-region-scaled natural gradient.
+
+        Blocks: ``Δ = (A ⊗ G + λI)⁻¹ ∇W``; uncovered parameters: ``Δ = g``. Then all are multiplied
+        by ``ν = min(1, sqrt(kl_clip / (η² Σ⟨Δ, g⟩)))``. Parameters without ``.grad`` are skipped.
+
+        Args:
+            lr: the learning rate η of the step about to be taken (default: ``self.lr``).
+        """
+        eta = self.current_lr() if lr is None else float(lr)
+        start = time.perf_counter()
+        refresh = self.steps % self.update_inverses_every == 0
+        for block in self.blocks:
+            if refresh or (block.has_factors and not block.has_curvature):
+                block.update_curvature(method=self.inverse_method, damping=self.damping)
+        inverse_seconds = time.perf_counter() - start
+
+        start = time.perf_counter()
+        device = next(iter(self.blocks)).parameters()[0].device
+        natural_grad_dot = torch.zeros((), dtype=torch.float32, device=device)
+        directions: list[tuple[KFACBlock, Tensor]] = []
+        for block in self.blocks:
+            grad_matrix = block.gradient_matrix()
+            if grad_matrix is None:
+                continue
+            direction = block.natural_gradient(grad_matrix, damping=self.damping)
+            natural_grad_dot = natural_grad_dot + (direction * grad_matrix.to(direction.dtype)).sum().float()
+            directions.append((block, direction))
+        uncovered = [p for p in self._uncovered_parameters if p.grad is not None]
+        for param in uncovered:
+            assert param.grad is not None
+            natural_grad_dot = natural_grad_dot + param.grad.float().square().sum()
+
+        step_scale = kfac_math.trust_region_scale(natural_grad_dot, eta, self.kl_clip)
+        for block, direction in directions:
+            block.write_gradient_matrix(direction * step_scale.to(direction.dtype))
+        for param in uncovered:
+            assert param.grad is not None
+            param.grad.mul_(step_scale.to(param.grad.dtype))
+        precondition_seconds = time.perf_counter() - start
+
+        self.steps += 1
+        factor_seconds, self._factor_seconds = self._factor_seconds, 0.0
+        return PreconditionInfo(
+            step_scale=step_scale,
+            predicted_kl=(eta * eta) * step_scale.square() * natural_grad_dot,
+            natural_grad_dot=natural_grad_dot,
+            eigh_failures=self.eigh_failures,
+            inverses_updated=refresh,
+            factor_ms=1000.0 * factor_seconds,
+            inverse_ms=1000.0 * inverse_seconds,
+            precondition_ms=1000.0 * precondition_seconds,
+        )
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Factors, decompositions and counters: loading it gives bit-identical continuation."""
+        return {
+            "version": STATE_VERSION,
+            "steps": self.steps,
+            "statistics_calls": self.statistics_calls,
+            "inverse_method": self.inverse_method,
+            "blocks": {block.name: block.state_dict() for block in self.blocks},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "blocks" not in state:
+            raise ValueError("KFAC.load_state_dict: not a KFAC state_dict (missing version/blocks)")
+        saved_names = list(state["blocks"])
+        names = [block.name for block in self.blocks]
+        if sorted(saved_names) != sorted(names):
+            raise ValueError(
+                f"KFAC.load_state_dict: saved layers {saved_names} do not match this model's {names}; "
+                "load state saved from the same architecture"
+            )
+        for block in self.blocks:
+            device = block.parameters()[0].device
+            block.load_state_dict(state["blocks"][block.name], device=device)
+        self.steps = int(state["steps"])
+        self.statistics_calls = int(state["statistics_calls"])
+        self.inverse_method = str(state.get("inverse_method", self.inverse_method))
+
+    def __repr__(self) -> str:
+        layers = ", ".join(f"{block.name or '<root>'}:{type(block).__name__}" for block in self.blocks)
+        return (
+            f"KFAC(damping={self.damping}, kl_clip={self.kl_clip}, factor_decay={self.factor_decay}, "
+            f"inverse_method={self.inverse_method!r}, blocks=[{layers}])"
+        )
