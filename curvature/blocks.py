@@ -77,6 +77,11 @@ class KFACBlock:
         self.reset_accumulators()
 
     # ----------------------------------------------------------------- layer-kind specific (override)
+    @classmethod
+    def unsupported_reason(cls, module: nn.Module) -> str | None:
+        """Why this block cannot handle ``module``'s configuration (``None`` if it can)."""
+        return None
+
     def parameters(self) -> list[nn.Parameter]:
         """The parameters this block preconditions (weight first, then bias)."""
         raise NotImplementedError
@@ -282,9 +287,13 @@ class LinearBlock(KFACBlock):
         return getattr(self.module, "bias", None) is not None
 
     def activation_statistics(self, inputs: Tensor) -> tuple[Tensor, int]:
+        if inputs.dim() == 1:  # unbatched input: one example
+            inputs = inputs.unsqueeze(0)
         return kfac_math.linear_activation_factor(inputs, has_bias=self.has_bias), inputs.shape[0]
 
     def gradient_statistics(self, output_grads: Tensor, *, mean_reduction: bool) -> tuple[Tensor, int]:
+        if output_grads.dim() == 1:
+            output_grads = output_grads.unsqueeze(0)
         batch_size = output_grads.shape[0]
         rows = output_grads.reshape(-1, output_grads.shape[-1])
         grad_scale = float(batch_size) if mean_reduction else 1.0
@@ -313,19 +322,19 @@ class Conv2dBlock(KFACBlock):
     proves it on a model where the assumptions hold.
     """
 
-    def __init__(self, module: nn.Module, name: str, *, factor_dtype: torch.dtype) -> None:
+    @classmethod
+    def unsupported_reason(cls, module: nn.Module) -> str | None:
         assert isinstance(module, nn.Conv2d)
         if module.groups != 1:
-            raise ValueError(
-                f"K-FAC Conv2d block for {name!r}: groups={module.groups} is not supported (groups=1 only); "
-                "exclude the layer with KFAC(modules=...)"
-            )
+            return f"groups={module.groups}"
         if module.padding_mode != "zeros":
-            raise ValueError(
-                f"K-FAC Conv2d block for {name!r}: padding_mode={module.padding_mode!r} is not supported "
-                "(only 'zeros'); exclude the layer with KFAC(modules=...)"
-            )
-        super().__init__(module, name, factor_dtype=factor_dtype)
+            return f"padding_mode={module.padding_mode!r}"
+        if module.padding == "same" and any(
+            dilation * (kernel - 1) % 2
+            for kernel, dilation in zip(module.kernel_size, module.dilation, strict=True)
+        ):
+            return "asymmetric padding='same'"
+        return None
 
     def parameters(self) -> list[nn.Parameter]:
         return _weight_bias_parameters(self.module)
@@ -374,15 +383,7 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
 def _resolve_string_padding(conv: nn.Conv2d) -> tuple[int, int]:
     if conv.padding == "valid":
         return (0, 0)
-    # "same" (stride 1): total padding dilation*(k-1); PyTorch pads the extra element on the right,
-    # which unfold cannot express, so only symmetric totals are supported.
-    padding = []
-    for kernel, dilation in zip(_pair(conv.kernel_size), _pair(conv.dilation), strict=True):
-        total = dilation * (kernel - 1)
-        if total % 2:
-            raise ValueError(
-                "K-FAC Conv2d block: padding='same' with an even effective kernel is not supported; "
-                "use explicit integer padding"
-            )
-        padding.append(total // 2)
-    return (padding[0], padding[1])
+    # "same" (stride 1) pads dilation*(k-1) in total; only symmetric totals are supported (see
+    # unsupported_reason), since unfold cannot pad one side more than the other.
+    kernel, dilation = _pair(conv.kernel_size), _pair(conv.dilation)
+    return (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)

@@ -157,6 +157,7 @@ class KFAC:
         self.statistics_calls = 0
         self._collecting = False
         self._factor_seconds = 0.0
+        self._warned_missing_statistics = False
 
     # ----------------------------------------------------------------- hyperparameters (validated on set)
     @property
@@ -198,6 +199,14 @@ class KFAC:
                     uncovered.append(f"{name or '<root>'} ({type(module).__name__})")
                 continue
             if not module.weight.requires_grad:
+                continue
+            reason = block_class.unsupported_reason(module)
+            if reason is not None:
+                if wanted is not None:
+                    raise ValueError(
+                        f"KFAC: layer {name!r} ({type(module).__name__}) has unsupported {reason}"
+                    )
+                uncovered.append(f"{name or '<root>'} ({type(module).__name__}, {reason})")
                 continue
             dtype = factor_dtype
             if dtype is None:
@@ -336,13 +345,25 @@ class KFAC:
         device = next(iter(self.blocks)).parameters()[0].device
         natural_grad_dot = torch.zeros((), dtype=torch.float32, device=device)
         directions: list[tuple[KFACBlock, Tensor]] = []
+        without_statistics = []
         for block in self.blocks:
             grad_matrix = block.gradient_matrix()
             if grad_matrix is None:
                 continue
+            if not block.has_factors:
+                without_statistics.append(block.name)
             direction = block.natural_gradient(grad_matrix, damping=self.damping)
             natural_grad_dot = natural_grad_dot + (direction * grad_matrix.to(direction.dtype)).sum().float()
             directions.append((block, direction))
+        if without_statistics and self.statistics_calls > 0 and not self._warned_missing_statistics:
+            # e.g. nn.MultiheadAttention's out_proj, whose weight is used without calling its forward()
+            self._warned_missing_statistics = True
+            warnings.warn(
+                f"K-FAC has no statistics for layers {without_statistics} (their forward() never ran inside "
+                "collect_statistics()); their gradients are used unpreconditioned",
+                UserWarning,
+                stacklevel=2,
+            )
         uncovered = [p for p in self._uncovered_parameters if p.grad is not None]
         for param in uncovered:
             assert param.grad is not None

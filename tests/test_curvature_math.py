@@ -383,3 +383,35 @@ def test_cholesky_factored_damping_matches_formula() -> None:
         @ torch.linalg.inv(a + pi * damping**0.5 * torch.eye(5))
     )
     torch.testing.assert_close(weight_bias_grad(model[2]), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_conv2d_padding_same_matches_explicit_padding() -> None:
+    torch.manual_seed(10)
+    same = nn.Conv2d(2, 3, 3, padding="same")
+    explicit = nn.Conv2d(2, 3, 3, padding=1)
+    explicit.load_state_dict(same.state_dict())
+    x = torch.randn(2, 2, 5, 5)
+    noise = torch.randn(2, 3, 5, 5)
+    factors = []
+    for conv in (same, explicit):
+        kfac = KFAC(conv, factor_decay=0.0, kl_clip=None)
+        with kfac.collect_statistics():
+            out = conv(x)
+            (0.5 * (out - (out.detach() + noise)).square().sum((1, 2, 3)).mean()).backward()
+        factors.append((kfac.blocks[0].activation_factor, kfac.blocks[0].gradient_factor))
+    torch.testing.assert_close(factors[0][0], factors[1][0])
+    torch.testing.assert_close(factors[0][1], factors[1][1])
+
+
+def test_unbatched_linear_input_is_one_example() -> None:
+    layer = nn.Linear(3, 2)
+    x = torch.randn(3)
+    kfac = KFAC(layer, factor_decay=0.0, kl_clip=None)
+    with kfac.collect_statistics():
+        out = layer(x)
+        (0.5 * (out - (out.detach() + torch.tensor([1.0, -2.0]))).square().sum()).backward()
+    block = kfac.blocks[0]
+    a_bar = torch.cat([x, torch.ones(1)])
+    torch.testing.assert_close(block.activation_factor, torch.outer(a_bar, a_bar))
+    # g = [-1, 2] (batch size 1), so G = g gᵀ
+    torch.testing.assert_close(block.gradient_factor, torch.tensor([[1.0, -2.0], [-2.0, 4.0]]))

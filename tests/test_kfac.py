@@ -406,3 +406,26 @@ def test_cuda_matches_cpu() -> None:
         results.append([p.grad.cpu() for p in model.parameters()])
     for cpu_grad, cuda_grad in zip(*results, strict=True):
         torch.testing.assert_close(cuda_grad, cpu_grad, rtol=1e-3, atol=1e-5)
+
+
+def test_unsupported_conv_configurations_are_left_uncovered() -> None:
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 2, 1), nn.Flatten(), nn.Linear(2, 1))
+    with pytest.warns(UserWarning, match=r"0 \(Conv2d, groups=4\)"):
+        kfac = KFAC(model)
+    assert [block.name for block in kfac.blocks] == ["1", "3"]
+
+
+def test_layers_whose_forward_never_runs_get_a_warning_and_plain_gradients() -> None:
+    torch.manual_seed(13)
+    attention = nn.MultiheadAttention(4, 1, batch_first=True)  # out_proj.weight is used functionally
+    with pytest.warns(UserWarning, match="K-FAC covers no block"):
+        kfac = KFAC(attention, kl_clip=None)
+    x = torch.randn(2, 3, 4)
+    with kfac.collect_statistics():
+        attention(x, x, x)[0].sum().backward()
+    attention.zero_grad()
+    attention(x, x, x)[0].square().sum().backward()
+    raw = attention.out_proj.weight.grad.clone()
+    with pytest.warns(UserWarning, match=r"no statistics for layers \['out_proj'\]"):
+        kfac.precondition()
+    torch.testing.assert_close(attention.out_proj.weight.grad, raw)
