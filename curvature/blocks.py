@@ -10,7 +10,7 @@ New layer kinds (EKFAC variants, recurrent cells) register themselves with :func
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -238,20 +238,29 @@ class KFACBlock:
         self.reset_accumulators()
 
 
-def _weight_bias_parameters(module: nn.Module) -> list[nn.Parameter]:
+def _trainable_bias(module: nn.Module) -> nn.Parameter | None:
+    """The layer's bias if it is trained; a frozen bias is a constant and gets no homogeneous coordinate."""
     bias = getattr(module, "bias", None)
-    params = [module.weight]
-    if isinstance(bias, nn.Parameter):
-        params.append(bias)
-    return params
+    if isinstance(bias, nn.Parameter) and bias.requires_grad:
+        return bias
+    return None
+
+
+def _weight(module: nn.Module) -> nn.Parameter:
+    return cast(nn.Parameter, module.weight)
+
+
+def _weight_bias_parameters(module: nn.Module) -> list[nn.Parameter]:
+    bias = _trainable_bias(module)
+    return [_weight(module)] if bias is None else [_weight(module), bias]
 
 
 def _read_weight_bias_grad(module: nn.Module) -> Tensor | None:
-    weight_grad = module.weight.grad
+    weight_grad = _weight(module).grad
     if weight_grad is None:
         return None
     matrix = weight_grad.reshape(weight_grad.shape[0], -1)
-    bias = getattr(module, "bias", None)
+    bias = _trainable_bias(module)
     if bias is None:
         return matrix
     bias_grad = bias.grad if bias.grad is not None else torch.zeros_like(bias)
@@ -259,8 +268,8 @@ def _read_weight_bias_grad(module: nn.Module) -> Tensor | None:
 
 
 def _write_weight_bias_grad(module: nn.Module, matrix: Tensor) -> None:
-    weight = module.weight
-    bias = getattr(module, "bias", None)
+    weight = _weight(module)
+    bias = _trainable_bias(module)
     weight_columns = matrix[:, : matrix.shape[1] - (bias is not None)]
     assert weight.grad is not None
     weight.grad.copy_(weight_columns.reshape(weight.shape))
@@ -284,7 +293,7 @@ class LinearBlock(KFACBlock):
 
     @property
     def has_bias(self) -> bool:
-        return getattr(self.module, "bias", None) is not None
+        return _trainable_bias(self.module) is not None
 
     def activation_statistics(self, inputs: Tensor) -> tuple[Tensor, int]:
         if inputs.dim() == 1:  # unbatched input: one example
@@ -356,7 +365,7 @@ class Conv2dBlock(KFACBlock):
     def activation_statistics(self, inputs: Tensor) -> tuple[Tensor, int]:
         if inputs.dim() == 3:  # unbatched (C, H, W)
             inputs = inputs.unsqueeze(0)
-        has_bias = self.module.bias is not None
+        has_bias = _trainable_bias(self.module) is not None
         return kfac_math.second_moment(self._patches(inputs), with_ones=has_bias), inputs.shape[0]
 
     def gradient_statistics(self, output_grads: Tensor, *, mean_reduction: bool) -> tuple[Tensor, int]:

@@ -429,3 +429,26 @@ def test_layers_whose_forward_never_runs_get_a_warning_and_plain_gradients() -> 
     with pytest.warns(UserWarning, match=r"no statistics for layers \['out_proj'\]"):
         kfac.precondition()
     torch.testing.assert_close(attention.out_proj.weight.grad, raw)
+
+
+def test_frozen_layers_and_frozen_biases() -> None:
+    torch.manual_seed(14)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    model[2].bias.requires_grad_(False)
+    kfac = KFAC(model, factor_decay=0.0, kl_clip=None, damping=0.1)
+    assert [block.name for block in kfac.blocks] == ["2"]
+    x = torch.randn(8, 3)
+    with kfac.collect_statistics():
+        out = model(x)
+        (0.5 * (out - (out.detach() + torch.randn_like(out))).square().sum(1).mean()).backward()
+    block = kfac.blocks[0]
+    assert block.activation_factor.shape == (4, 4)  # no homogeneous coordinate for a frozen bias
+    model.zero_grad()
+    model(x).sum().backward()
+    raw = model[2].weight.grad.clone()
+    kfac.precondition()
+    a, g = block.activation_factor, block.gradient_factor
+    expected = torch.linalg.solve(torch.kron(a, g) + 0.1 * torch.eye(8), raw.T.reshape(-1)).reshape(4, 2).T
+    torch.testing.assert_close(model[2].weight.grad, expected, rtol=1e-4, atol=1e-6)
+    assert model[2].bias.grad is None and model[0].weight.grad is None
