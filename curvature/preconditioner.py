@@ -54,7 +54,17 @@ class PreconditionInfo:
     inverse_ms: float
     precondition_ms: float
 
+    def __getitem__(self, key: str) -> Any:
+        """Mapping-style access (``info["step_scale"]``) for loggers that expect a dict."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self.__dataclass_fields__)
+
     def as_dict(self) -> dict[str, float]:
+        """All fields as Python floats (one host sync for the tensors)."""
         return {
             "step_scale": float(self.step_scale),
             "predicted_kl": float(self.predicted_kl),
