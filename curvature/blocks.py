@@ -104,47 +104,49 @@ class KFACBlock:
 
     # ----------------------------------------------------------------- statistics
     def reset_accumulators(self) -> None:
-        self._activation_sum: Tensor | None = None
+        # Running means over the passes of one collect_statistics() block, weighted by examples.
+        self._activation_mean: Tensor | None = None
         self._activation_count = 0
-        self._gradient_sum: Tensor | None = None
+        self._gradient_mean: Tensor | None = None
         self._gradient_count = 0
+
+    @staticmethod
+    def _merge(mean: Tensor | None, seen: int, factor: Tensor, count: int) -> Tensor:
+        if mean is None:
+            return factor
+        return mean.lerp_(factor, count / (seen + count))
 
     def accumulate_activations(self, inputs: Tensor) -> None:
         factor, count = self.activation_statistics(inputs.detach().to(self.factor_dtype))
-        weighted = factor * count
-        self._activation_sum = weighted if self._activation_sum is None else self._activation_sum + weighted
+        self._activation_mean = self._merge(self._activation_mean, self._activation_count, factor, count)
         self._activation_count += count
 
     def accumulate_gradients(self, output_grads: Tensor, *, mean_reduction: bool) -> None:
         factor, count = self.gradient_statistics(
             output_grads.detach().to(self.factor_dtype), mean_reduction=mean_reduction
         )
-        weighted = factor * count
-        self._gradient_sum = weighted if self._gradient_sum is None else self._gradient_sum + weighted
+        self._gradient_mean = self._merge(self._gradient_mean, self._gradient_count, factor, count)
         self._gradient_count += count
 
     def pending_statistics(self) -> tuple[Tensor, Tensor] | None:
         """``(A_new, G_new)`` accumulated since the last reset, or ``None`` if either is missing."""
-        if self._activation_sum is None or self._gradient_sum is None:
+        if self._activation_mean is None or self._gradient_mean is None:
             return None
-        return (
-            self._activation_sum / self._activation_count,
-            self._gradient_sum / self._gradient_count,
-        )
+        return self._activation_mean, self._gradient_mean
 
     def update_factors(self, activation_new: Tensor, gradient_new: Tensor, decay: float) -> None:
         """``F ← decay·F + (1 − decay)·F_new``; non-finite new statistics are skipped without a host sync."""
-        finite = torch.isfinite(activation_new).all() & torch.isfinite(gradient_new).all()
+        # A sum is non-finite iff some element is (NaN/inf propagate): one cheap reduction per factor.
+        finite = torch.isfinite(activation_new.sum()) & torch.isfinite(gradient_new.sum())
         if self.activation_factor is None or self.gradient_factor is None:
             # A first batch with NaNs must not become the factor: zeros make the damping alone act,
             # i.e. a plain gradient step that the trust region still bounds.
             self.activation_factor = torch.where(finite, activation_new, torch.zeros_like(activation_new))
             self.gradient_factor = torch.where(finite, gradient_new, torch.zeros_like(gradient_new))
         else:
-            updated_activation = self.activation_factor * decay + activation_new * (1.0 - decay)
-            updated_gradient = self.gradient_factor * decay + gradient_new * (1.0 - decay)
-            self.activation_factor = torch.where(finite, updated_activation, self.activation_factor)
-            self.gradient_factor = torch.where(finite, updated_gradient, self.gradient_factor)
+            weight = 1.0 - decay
+            self.activation_factor.lerp_(torch.where(finite, activation_new, self.activation_factor), weight)
+            self.gradient_factor.lerp_(torch.where(finite, gradient_new, self.gradient_factor), weight)
         self.statistics_updates += 1
 
     # ----------------------------------------------------------------- inverses
@@ -348,13 +350,13 @@ class Conv2dBlock(KFACBlock):
     def parameters(self) -> list[nn.Parameter]:
         return _weight_bias_parameters(self.module)
 
-    def _patches(self, inputs: Tensor) -> Tensor:
+    def _unfold(self, inputs: Tensor) -> Tensor:
         conv = self.module
         assert isinstance(conv, nn.Conv2d)
         padding = conv.padding
         if isinstance(padding, str):  # "valid" / "same": resolve to explicit zero padding
             padding = _resolve_string_padding(conv)
-        return kfac_math.conv2d_patches(
+        return kfac_math.conv2d_unfold(
             inputs,
             kernel_size=_pair(conv.kernel_size),
             stride=_pair(conv.stride),
@@ -366,7 +368,7 @@ class Conv2dBlock(KFACBlock):
         if inputs.dim() == 3:  # unbatched (C, H, W)
             inputs = inputs.unsqueeze(0)
         has_bias = _trainable_bias(self.module) is not None
-        return kfac_math.second_moment(self._patches(inputs), with_ones=has_bias), inputs.shape[0]
+        return kfac_math.patch_second_moment(self._unfold(inputs), with_ones=has_bias), inputs.shape[0]
 
     def gradient_statistics(self, output_grads: Tensor, *, mean_reduction: bool) -> tuple[Tensor, int]:
         if output_grads.dim() == 3:

@@ -34,25 +34,62 @@ def second_moment(rows: Tensor, *, with_ones: bool, count: int | None = None) ->
 
     Args:
         rows: ``(N, d)``.
-        with_ones: append the homogeneous coordinate, i.e. use ``ā = [a, 1]`` without materialising
-            the concatenated ``(N, d+1)`` matrix (it can be hundreds of MB for a convolution).
+        with_ones: use ``ā = [a, 1]`` (the homogeneous coordinate that carries the bias).
         count: normaliser; defaults to ``N``.
 
     Returns:
         ``(d + with_ones, d + with_ones)`` symmetric matrix.
     """
     count = rows.shape[0] if count is None else count
-    moment = rows.T @ rows
     if not with_ones:
-        return moment / count
-    dim = rows.shape[1]
+        return torch.mm(rows.T, rows) / count
+    num_rows, dim = rows.shape
+    if num_rows <= dim:
+        # Few wide rows (a linear layer at small batch): appending the ones column is the cheaper copy.
+        padded = torch.cat([rows, rows.new_ones(num_rows, 1)], dim=1)
+        return torch.mm(padded.T, padded) / count
+    # Many rows (convolution patches): fill the border of the (d+1)² result instead of copying the rows.
     result = rows.new_empty((dim + 1, dim + 1))
-    result[:dim, :dim] = moment
+    result[:dim, :dim] = rows.T @ rows
     column_sum = rows.sum(dim=0)
     result[:dim, dim] = column_sum
     result[dim, :dim] = column_sum
-    result[dim, dim] = rows.shape[0]
-    return result / count
+    result[dim, dim] = num_rows
+    return result.div_(count)
+
+
+def patch_second_moment(patches: Tensor, *, with_ones: bool) -> Tensor:
+    """``second_moment`` of unfolded convolution patches without transposing them into rows.
+
+    Args:
+        patches: ``(B, C*kh*kw, P)`` as returned by ``F.unfold`` (``P`` output positions).
+
+    Returns:
+        ``(C*kh*kw + with_ones,)*2``, averaged over the ``B*P`` (example, position) rows.
+    """
+    batch, dim, positions = patches.shape
+    count = batch * positions
+    moment = torch.bmm(patches, patches.transpose(1, 2)).sum(dim=0)
+    if not with_ones:
+        return moment.div_(count)
+    result = patches.new_empty((dim + 1, dim + 1))
+    result[:dim, :dim] = moment
+    column_sum = patches.sum(dim=(0, 2))
+    result[:dim, dim] = column_sum
+    result[dim, :dim] = column_sum
+    result[dim, dim] = count
+    return result.div_(count)
+
+
+def conv2d_unfold(
+    inputs: Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """``F.unfold`` of a convolution's input: ``(B, C, H, W)`` → ``(B, C*kh*kw, Oh*Ow)``."""
+    return F.unfold(inputs, kernel_size, dilation=dilation, padding=padding, stride=stride)
 
 
 def conv2d_patches(
@@ -70,7 +107,7 @@ def conv2d_patches(
     Returns:
         ``(B * Oh * Ow, C * kh * kw)``; the column order matches ``weight.reshape(d_out, -1)``.
     """
-    patches = F.unfold(inputs, kernel_size, dilation=dilation, padding=padding, stride=stride)
+    patches = conv2d_unfold(inputs, kernel_size, stride, padding, dilation)
     # (B, C*kh*kw, Oh*Ow) -> (B*Oh*Ow, C*kh*kw)
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
