@@ -1,11 +1,103 @@
-"""The ``acktr`` command line."""
+"""The ``acktr`` command line: train, eval, record, plot, zoo and bench.
+
+Mistakes a user can make (unknown env, bad ``-p`` value, missing run folder, corrupt model, ...) print one
+line naming the problem and the fix and exit with code 2; ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import Any
 
 from acktr import __version__, bench
+from acktr.config import ALGORITHMS, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _int_from_text(text: str) -> int:
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def _add_train(commands: Any) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train an agent (hyperparameters from the zoo, overridable with -p)",
+        description="Train an agent. Hyperparameters come from the zoo (`acktr zoo ENV`); -p overrides them.",
+    )
+    parser.add_argument(
+        "--env", help="environment: short name (CartPole, Breakout, HalfCheetah) or gymnasium id"
+    )
+    parser.add_argument(
+        "--algo", default="acktr", choices=list(ALGORITHMS), help="algorithm (default: acktr)"
+    )
+    parser.add_argument(
+        "--timesteps", type=_int_from_text, help="total env steps (default: the zoo's budget)"
+    )
+    parser.add_argument("--n-envs", type=int, help="parallel envs (default: from the zoo)")
+    parser.add_argument("--seed", type=int, help="random seed (default: drawn and recorded in config.yml)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "envpool", "gymnasium", "torch"])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--run-dir", help="run folder (default: runs/<algo>/<Env>_<N>)")
+    parser.add_argument(
+        "--runs-root", default="runs", help="parent of the default run folders (default: runs)"
+    )
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
+    parser.add_argument(
+        "--eval-freq", type=int, default=0, help="evaluate every N env steps, keep best_model.zip"
+    )
+    parser.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=10,
+        help="episodes per evaluation and at the end (0: no evaluation)",
+    )
+    parser.add_argument(
+        "--checkpoint-freq", type=int, help="checkpoint every N env steps (default: 10 per run)"
+    )
+    parser.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal; otherwise periodic log lines)",
+    )
+    parser.add_argument("--threads", type=int, help="torch threads (default: 1 for MLP policies on CPU)")
+    parser.add_argument(
+        "-p",
+        "--param",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a hyperparameter, e.g. -p kl_clip=0.002 -p policy_kwargs.net_arch=[64,64]",
+    )
+    parser.add_argument("--interrupt-at", type=int, help=argparse.SUPPRESS)  # testing: crash after N steps
+    _add_common(parser)
+
+
+def _add_model_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="RUN_DIR|MODEL.zip", help="a run folder or a model zip")
+    parser.add_argument("--best", action="store_true", help="use best_model.zip of the run folder")
+    parser.add_argument(
+        "--algo", choices=list(ALGORITHMS), help="algorithm of a bare model zip (default: acktr)"
+    )
+    parser.add_argument("--env", help="environment of a bare model zip (runs know theirs)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, help="seed of the evaluation envs")
+    parser.add_argument("--deterministic", action="store_true", help="take the most likely action")
+    _add_common(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +107,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"acktr {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train(commands)
+
+    eval_parser = commands.add_parser("eval", help="mean ± std of the unclipped score of a trained model")
+    _add_model_target(eval_parser)
+    eval_parser.add_argument("--episodes", type=int, default=10)
+
+    record_parser = commands.add_parser("record", help="write an mp4 of a trained model playing (headless)")
+    _add_model_target(record_parser)
+    record_parser.add_argument("--episodes", type=int, default=1)
+    record_parser.add_argument("--out", help="video file (default: next to the model, <model>.mp4)")
+    record_parser.add_argument("--fps", type=int, help="frames per second (default: the env's render fps)")
+    record_parser.add_argument("--max-frames", type=int, default=10_000, help="stop after this many frames")
+
+    plot_parser = commands.add_parser(
+        "plot", help="learning curves (return vs env steps) of one or more runs"
+    )
+    plot_parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run folders; same algo+env are shaded"
+    )
+    plot_parser.add_argument("--out", default="curve.png", help="image file (default: curve.png)")
+    plot_parser.add_argument(
+        "--window", type=int, default=20, help="episodes in the moving average (default 20)"
+    )
+    plot_parser.add_argument("--title", help="figure title")
+    _add_common(plot_parser)
+
+    zoo_parser = commands.add_parser("zoo", help="list the tuned environments or print one resolved config")
+    zoo_parser.add_argument("env", nargs="?", help="print the resolved hyperparameters for this environment")
+    zoo_parser.add_argument("--algo", default="acktr", choices=list(ALGORITHMS))
+    zoo_parser.add_argument("-p", "--param", dest="params", action="append", default=[], metavar="KEY=VALUE")
+    _add_common(zoo_parser)
+
     bench_parser = commands.add_parser("bench", help="run a benchmark and print side-by-side ratios")
     bench.add_subparsers(bench_parser)
     return parser
@@ -25,4 +149,152 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "bench":
         return bench.run(args, argv[1:])
-    return 2
+    try:
+        return _dispatch(args, argv)
+    except UserError as error:
+        if args.debug:
+            raise
+        print(f"acktr {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"acktr {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.command == "train":
+        return _train(args, argv)
+    if args.command == "eval":
+        return _eval(args)
+    if args.command == "record":
+        return _record(args)
+    if args.command == "plot":
+        return _plot(args)
+    if args.command == "zoo":
+        return _zoo(args)
+    raise UserError(f"unknown command {args.command!r}; see acktr --help")
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    from acktr.train import TrainOptions, command_line, train
+
+    if args.resume is not None:
+        fixed = {
+            "--env": args.env,
+            "--timesteps": args.timesteps,
+            "--n-envs": args.n_envs,
+            "--seed": args.seed,
+            "--run-dir": args.run_dir,
+            "-p": args.params or None,
+        }
+        given = [name for name, value in fixed.items() if value is not None]
+        if given:
+            raise UserError(f"--resume continues with the run's own config.yml; drop {', '.join(given)}")
+    if args.resume is None and args.env is None:
+        raise UserError("--env is required (e.g. acktr train --env CartPole), or pass --resume RUN_DIR")
+    if args.timesteps is not None and args.timesteps <= 0:
+        raise UserError(f"--timesteps must be a positive number of env steps, got {args.timesteps}")
+    options = TrainOptions(
+        env=args.env,
+        algo=args.algo,
+        timesteps=args.timesteps,
+        n_envs=args.n_envs,
+        seed=args.seed,
+        backend=args.backend,
+        device=args.device,
+        run_dir=args.run_dir,
+        runs_root=args.runs_root,
+        resume=args.resume,
+        eval_freq=args.eval_freq,
+        eval_episodes=args.eval_episodes,
+        checkpoint_freq=args.checkpoint_freq,
+        tensorboard=not args.no_tensorboard,
+        progress=args.progress,
+        overrides=list(args.params),
+        threads=args.threads,
+        interrupt_at=args.interrupt_at,
+        command=command_line(argv),
+    )
+    result = train(options)
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from acktr.evaluate import evaluate_target
+
+    evaluation = evaluate_target(
+        args.target,
+        episodes=args.episodes,
+        deterministic=args.deterministic,
+        algo=args.algo,
+        env=args.env,
+        device=args.device,
+        best=args.best,
+        seed=args.seed,
+    )
+    mode = "deterministic" if evaluation.deterministic else "stochastic"
+    print(
+        f"mean return {evaluation.mean:.2f} ± {evaluation.std:.2f} "
+        f"over {evaluation.episodes} episodes ({mode})"
+    )
+    return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    from acktr.record import record
+
+    out, frames, returns = record(
+        args.target,
+        episodes=args.episodes,
+        out=args.out,
+        algo=args.algo,
+        env=args.env,
+        device=args.device,
+        deterministic=args.deterministic,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        best=args.best,
+        seed=args.seed,
+    )
+    scores = ", ".join(f"{r:.1f}" for r in returns) or "no finished episode"
+    print(f"wrote {out} ({frames} frames; episode returns: {scores})")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from acktr.plotting import plot_runs
+
+    out = plot_runs(args.runs, out=args.out, window=args.window, title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    import yaml
+
+    from acktr.config import list_zoo
+
+    if args.env is None:
+        entries = list_zoo(args.algo)
+        if not entries:
+            print(f"no zoo file for {args.algo}: agent defaults are used")
+            return 0
+        width = max(len(key) for key, _, _ in entries)
+        print(f"{'entry':<{width}}  {'steps':>8}  {'envs':>4}  source")
+        for key, values, source in entries:
+            steps = values.get("n_timesteps")
+            steps_text = f"{float(steps):.0e}".replace("e+0", "e") if steps is not None else "-"
+            print(f"{key:<{width}}  {steps_text:>8}  {values.get('n_envs', '-')!s:>4}  {source}")
+        return 0
+    from acktr.train import TrainOptions, resolve_config
+
+    config = resolve_config(TrainOptions(env=args.env, algo=args.algo, seed=0, overrides=list(args.params)))
+    shown = {
+        key: config[key] for key in ("algo", "env_id", "zoo_entry", "zoo_source", "n_timesteps", "n_envs")
+    }
+    shown["hyperparams"] = config["hyperparams"]
+    print(yaml.safe_dump(shown, sort_keys=False, default_flow_style=None).rstrip())
+    return 0

@@ -1,0 +1,322 @@
+"""Sample efficiency: env steps until the 100-episode mean return first reaches a threshold.
+
+ACKTR vs SB3's A2C and PPO, all three with their zoo hyperparameters (``acktr/zoo/acktr.yml`` for ACKTR, the
+installed rl-zoo3's ``a2c.yml`` / ``ppo.yml`` for SB3), in the same run, on the same seeds. The "100-episode
+mean" is SB3's training-episode window (``ep_info_buffer``, raw Monitor returns, also under VecNormalize),
+checked after every vectorised env step; a run that does not reach the threshold within the budget counts as
+censored at the budget. The report gives per-seed steps, the median over seeds and the ratios
+ACKTR ÷ A2C and ACKTR ÷ PPO of the medians (goal: ≤ 0.5 and ≤ 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# env id -> (return threshold, default step budget)
+TASKS: dict[str, tuple[float, int]] = {
+    "CartPole-v1": (475.0, 300_000),
+    "Acrobot-v1": (-100.0, 500_000),
+    "LunarLander-v3": (200.0, 1_000_000),
+    "Pendulum-v1": (-200.0, 1_000_000),
+}
+ALGOS = ("acktr", "a2c", "ppo")
+ZOO_IGNORED_KEYS = {"n_timesteps", "n_envs", "policy", "normalize", "frame_stack", "env_wrapper", "callback"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--envs", default=",".join(TASKS), help="comma-separated env ids (default: all four)")
+    parser.add_argument("--algos", default=",".join(ALGOS), help="comma-separated subset of acktr,a2c,ppo")
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1; default 5)")
+    parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="ENV=STEPS",
+        help="step budget for one env (repeatable); defaults: "
+        + ", ".join(f"{env} {budget:g}" for env, (_, budget) in TASKS.items()),
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes (1 torch thread each)")
+    parser.add_argument(
+        "--acktr-override",
+        action="append",
+        default=[],
+        metavar="ENV:KEY=VALUE",
+        help="override one ACKTR zoo value for one env, e.g. CartPole-v1:n_envs=16 (repeatable; reported)",
+    )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    algo: str
+    env_id: str
+    seed: int
+    threshold: float
+    budget: int
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    spec: RunSpec
+    steps: int | None  # None: threshold not reached within the budget
+    seconds: float
+
+
+def zoo_hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
+    """The zoo entry of ``env_id`` for ``algo`` (rl-zoo3 YAML layout), unconverted.
+
+    :raises KeyError: when the zoo has no entry for this env.
+    """
+    import yaml
+
+    if algo == "acktr":
+        text = importlib.resources.files("acktr.zoo").joinpath("acktr.yml").read_text()
+    else:
+        import rl_zoo3
+
+        with open(os.path.join(os.path.dirname(rl_zoo3.__file__), "hyperparams", f"{algo}.yml")) as handle:
+            text = handle.read()
+    table = yaml.safe_load(text)
+    if env_id not in table:
+        raise KeyError(f"no {algo} zoo hyperparameters for {env_id}; add an entry to the {algo} zoo file")
+    return dict(table[env_id])
+
+
+def _schedule_or_value(value: Any) -> Any:
+    from stable_baselines3.common.utils import LinearSchedule
+
+    if isinstance(value, str) and value.startswith("lin_"):
+        return LinearSchedule(start=float(value[len("lin_") :]), end=0.0, end_fraction=1.0)
+    return value
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """``"ENV:KEY=VALUE"`` -> (env, key, YAML-parsed value)."""
+    import yaml
+
+    env_id, _, assignment = item.partition(":")
+    key, _, value = assignment.partition("=")
+    if not env_id or not key or not value:
+        raise SystemExit(f"sample-efficiency: --acktr-override expects ENV:KEY=VALUE, got {item!r}")
+    return env_id, key, yaml.safe_load(value)
+
+
+def build_model(algo: str, env_id: str, seed: int, overrides: dict[str, Any] | None = None) -> Any:
+    """Vectorised env (+ VecNormalize if the zoo says so) and the model with zoo hyperparameters."""
+    import torch as th
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from acktr.agents import ACKTR
+
+    hyper = {**zoo_hyperparameters(algo, env_id), **(overrides or {})}
+    env = make_vec_env(env_id, n_envs=int(hyper.get("n_envs", 1)), seed=seed)
+    normalize = hyper.get("normalize", False)
+    if isinstance(normalize, str):
+        normalize = eval(
+            normalize, {"dict": dict}
+        )  # zoo files write e.g. "dict(norm_obs=True, norm_reward=False)"
+    if normalize:
+        env = VecNormalize(env, **(normalize if isinstance(normalize, dict) else {}))
+    kwargs = {key: _schedule_or_value(value) for key, value in hyper.items() if key not in ZOO_IGNORED_KEYS}
+    if isinstance(kwargs.get("policy_kwargs"), str):
+        kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"dict": dict, "nn": th.nn})
+    algo_class = {"acktr": ACKTR, "a2c": A2C, "ppo": PPO}[algo]
+    return algo_class(hyper.get("policy", "MlpPolicy"), env, seed=seed, device="cpu", **kwargs)
+
+
+def steps_to_threshold(model: Any, threshold: float, budget: int, window: int = 100) -> int | None:
+    """Train ``model`` until the mean of its last ``window`` training episodes reaches ``threshold``.
+
+    :return: env steps taken at that moment, or None if not reached within ``budget`` steps.
+    """
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class StopAtThreshold(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reached_at: int | None = None
+
+        def _on_step(self) -> bool:
+            episodes = self.model.ep_info_buffer
+            assert episodes is not None
+            if (
+                len(episodes) >= window
+                and np.mean([info["r"] for info in list(episodes)[-window:]]) >= threshold
+            ):
+                self.reached_at = self.num_timesteps
+                return False
+            return True
+
+    if model.ep_info_buffer is not None and model.ep_info_buffer.maxlen < window:
+        raise ValueError(f"stats_window_size must be >= {window} to measure a {window}-episode mean")
+    callback = StopAtThreshold()
+    model.learn(budget, callback=callback)
+    return callback.reached_at
+
+
+def run_one(spec: RunSpec) -> RunResult:
+    import torch as th
+
+    th.set_num_threads(1)
+    start = time.perf_counter()
+    model = build_model(spec.algo, spec.env_id, spec.seed, dict(spec.overrides))
+    steps = steps_to_threshold(model, spec.threshold, spec.budget)
+    return RunResult(spec, steps, time.perf_counter() - start)
+
+
+def _median(values: list[int | None], budget: int) -> tuple[float, bool]:
+    """Median with censored runs counted at the budget; second value: True if the median is censored."""
+    filled = sorted(budget if v is None else v for v in values)
+    median = statistics.median(filled)
+    censored = any(v is None for v in values) and median >= budget
+    return float(median), censored
+
+
+def _fmt_steps(value: float, censored: bool) -> str:
+    return f">{value / 1e3:.0f}k" if censored else f"{value / 1e3:.1f}k"
+
+
+def format_report(
+    results: list[RunResult], envs: list[str], algos: list[str], seeds: list[int], wall: float
+) -> str:
+    import stable_baselines3
+    import torch
+
+    lines = [
+        "# Sample efficiency: env steps to reach the 100-episode mean threshold",
+        "",
+        f"Run: envs {', '.join(envs)}; algos {', '.join(algos)}; seeds {seeds}; "
+        f"budgets {', '.join(f'{r.spec.env_id} {r.spec.budget:g}' for r in _first_per_env(results))}; "
+        f"wall time {wall / 60:.1f} min.",
+        f"Versions: stable-baselines3 {stable_baselines3.__version__}, torch {torch.__version__}, "
+        f"python {platform.python_version()}, CPU, 1 torch thread per run.",
+        "Hyperparameters: zoo entries (acktr.zoo acktr.yml; rl-zoo3 a2c.yml / ppo.yml). Medians count runs "
+        "that did not reach the threshold at the budget ('>' marks a censored median).",
+        "ACKTR overrides of its zoo entry: "
+        + (
+            "; ".join(
+                f"{r.spec.env_id}: " + ", ".join(f"{k}={v}" for k, v in r.spec.overrides)
+                for r in _first_per_env([r for r in results if r.spec.algo == "acktr" and r.spec.overrides])
+            )
+            or "none"
+        )
+        + ".",
+        "",
+        "| env | threshold | algo | median steps | reached | per seed (k steps) | ACKTR ÷ algo |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for env_id in envs:
+        by_algo = {
+            algo: [r for r in results if r.spec.env_id == env_id and r.spec.algo == algo] for algo in algos
+        }
+        if not any(by_algo.values()):
+            continue
+        budget = next(r.spec.budget for runs in by_algo.values() for r in runs)
+        medians = {algo: _median([r.steps for r in runs], budget) for algo, runs in by_algo.items() if runs}
+        for algo, runs in by_algo.items():
+            if not runs:
+                continue
+            median, censored = medians[algo]
+            per_seed = ", ".join("—" if r.steps is None else f"{r.steps / 1e3:.0f}" for r in runs)
+            ratio = ""
+            if algo != "acktr" and "acktr" in medians:
+                acktr_median, acktr_censored = medians["acktr"]
+                bound = (
+                    "≥ "
+                    if acktr_censored and not censored
+                    else "≤ "
+                    if censored and not acktr_censored
+                    else ""
+                )
+                ratio = "n/a" if acktr_censored and censored else f"{bound}{acktr_median / median:.2f}"
+            reached = sum(r.steps is not None for r in runs)
+            lines.append(
+                f"| {env_id} | {TASKS[env_id][0]:g} | {algo.upper()} | {_fmt_steps(median, censored)} | "
+                f"{reached}/{len(runs)} | {per_seed} | {ratio} |"
+            )
+    lines += ["", "Goal: ACKTR ÷ A2C ≤ 0.5 and ACKTR ÷ PPO ≤ 1.0."]
+    return "\n".join(lines)
+
+
+def _first_per_env(results: list[RunResult]) -> list[RunResult]:
+    seen: dict[str, RunResult] = {}
+    for result in results:
+        seen.setdefault(result.spec.env_id, result)
+    return list(seen.values())
+
+
+def run(args: argparse.Namespace) -> str:
+    envs = [env.strip() for env in args.envs.split(",") if env.strip()]
+    algos = [algo.strip().lower() for algo in args.algos.split(",") if algo.strip()]
+    unknown = [env for env in envs if env not in TASKS] + [algo for algo in algos if algo not in ALGOS]
+    if unknown:
+        raise SystemExit(
+            f"sample-efficiency: unknown env/algo {unknown}; choose from {list(TASKS)} and {ALGOS}"
+        )
+    budgets = {env: budget for env, (_, budget) in TASKS.items()}
+    for item in args.budget:
+        env, _, steps = item.partition("=")
+        if env not in TASKS or not steps:
+            raise SystemExit(
+                f"sample-efficiency: --budget expects ENV=STEPS with ENV in {list(TASKS)}, got {item!r}"
+            )
+        budgets[env] = int(float(steps))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in args.acktr_override:
+        env, key, value = parse_override(item)
+        if env not in TASKS:
+            raise SystemExit(
+                f"sample-efficiency: --acktr-override names unknown env {env!r}; use one of {list(TASKS)}"
+            )
+        overrides.setdefault(env, {})[key] = value
+    specs = [
+        RunSpec(
+            algo,
+            env,
+            seed,
+            TASKS[env][0],
+            budgets[env],
+            tuple(sorted(overrides.get(env, {}).items())) if algo == "acktr" else (),
+        )
+        for env in envs
+        for algo in algos
+        for seed in seeds
+    ]
+    start = time.perf_counter()
+    results: list[RunResult] = []
+
+    def progress(result: RunResult) -> None:  # one line per finished run, so long runs can be followed
+        results.append(result)
+        steps = "not reached" if result.steps is None else f"{result.steps} steps"
+        spec = result.spec
+        print(
+            f"[{len(results)}/{len(specs)}] {spec.env_id} {spec.algo} seed {spec.seed}: {steps} "
+            f"({result.seconds:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for future in as_completed([pool.submit(run_one, spec) for spec in specs]):
+                progress(future.result())
+    else:
+        for spec in specs:
+            progress(run_one(spec))
+    results.sort(key=lambda result: specs.index(result.spec))  # specs may hold dicts: not hashable
+    return format_report(results, envs, algos, seeds, time.perf_counter() - start)

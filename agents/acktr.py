@@ -1,0 +1,271 @@
+"""ACKTR (Wu et al. 2017): A2C whose step is the K-FAC natural gradient inside a KL trust region.
+
+A Stable-Baselines3 ``OnPolicyAlgorithm``: rollouts, buffers, callbacks, logging and save/load are inherited;
+this module adds the constructor and ``train()``. See DESIGN §3 for the maths and defaults.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, ClassVar, TypeVar
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import (
+    ActorCriticCnnPolicy,
+    ActorCriticPolicy,
+    BasePolicy,
+    MultiInputActorCriticPolicy,
+)
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import LinearSchedule, explained_variance
+from torch.nn import functional as F
+
+from acktr.agents.fisher import evaluate_with_distribution, mean_kl, sampled_fisher_loss, snapshot
+from acktr.agents.optim import KFACOptimizer
+
+SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
+
+# ACKTR's published learning rate: 0.25, decayed linearly to 0 over training.
+DEFAULT_LEARNING_RATE = LinearSchedule(start=0.25, end=0.0, end_fraction=1.0)
+
+
+class ACKTR(OnPolicyAlgorithm):
+    """Actor Critic using Kronecker-Factored Trust Region — a drop-in replacement for SB3's ``A2C``.
+
+    Each update: one forward pass over the rollout; the sampled Fisher loss (actions resampled from the
+    current policy, critic as a Gaussian with sampled target) is back-propagated inside
+    ``kfac.collect_statistics()``; then the A2C loss is back-propagated, ``kfac.precondition(lr=η)`` turns the
+    gradient of actor *and* critic into ``ν·F̂⁻¹g`` with ``ν = min(1, sqrt(kl_clip / (η² gᵀF̂⁻¹g)))``, and SGD
+    with momentum m and step η(1−m) applies it. Parameters without a K-FAC block (e.g. ``log_std``) keep their
+    plain gradient, scaled by the same ν.
+
+    Cold start (OpenAI baselines): the first ``cold_iter`` updates are plain-gradient SGD-with-momentum steps
+    of size η on the gradient clipped to ``max_grad_norm``, while the curvature statistics accumulate.
+    **``max_grad_norm`` applies only during the cold start**; afterwards the trust region bounds the step.
+
+    Accepts every keyword of SB3's ``A2C`` with A2C's meaning, except:
+
+    - ``use_rms_prop`` / ``rms_prop_eps``: ignored (the step is K-FAC + momentum SGD); ``use_rms_prop=True``
+      warns. ``policy_kwargs["optimizer_class"/"optimizer_kwargs"]`` are likewise replaced.
+    - ``learning_rate``: η of the trust region and of the step; the default is ACKTR's 0.25 decayed linearly
+      to 0 (pass a float for a constant η, or any SB3 schedule).
+    - ``max_grad_norm``: see the cold start above.
+
+    Defaults differ from A2C where ACKTR's published settings do (n_steps 20, ent_coef 0.01).
+
+    :param kl_clip: δ, the trust-region bound on the predicted KL of a step (None disables it).
+    :param damping: λ, Tikhonov damping of the Kronecker factors.
+    :param stats_decay: ε of the running averages of the factors (``F ← ε F + (1−ε) F_new``).
+    :param momentum: m of the SGD step.
+    :param cold_iter: number of initial plain-SGD updates; also the number of statistics updates averaged
+        plainly before the running average starts.
+    :param vf_fisher_coef: weight of the critic term in the sampled Fisher loss.
+    :param update_inverses_every: refresh the eigendecompositions every this many updates.
+    :param kfac_kwargs: further ``acktr.curvature.KFAC`` arguments (``inverse_method``, ``factor_dtype``,
+        ``update_factors_every``, ...).
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": ActorCriticPolicy,
+        "CnnPolicy": ActorCriticCnnPolicy,
+        "MultiInputPolicy": MultiInputActorCriticPolicy,
+    }
+    policy: ActorCriticPolicy
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = DEFAULT_LEARNING_RATE,
+        n_steps: int = 20,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        ent_coef: float = 0.01,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        rms_prop_eps: float = 1e-5,
+        use_rms_prop: bool = False,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        normalize_advantage: bool = False,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+        *,
+        kl_clip: float | None = 1e-3,
+        damping: float = 1e-2,
+        stats_decay: float = 0.99,
+        momentum: float = 0.9,
+        cold_iter: int = 10,
+        vf_fisher_coef: float = 1.0,
+        update_inverses_every: int = 10,
+        kfac_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+        )
+        if use_rms_prop:
+            warnings.warn(
+                "ACKTR ignores use_rms_prop=True: its step is K-FAC + SGD with momentum",
+                UserWarning,
+                stacklevel=2,
+            )
+        if "optimizer_class" in self.policy_kwargs:
+            warnings.warn(
+                "ACKTR replaces policy_kwargs['optimizer_class'] with its K-FAC optimizer",
+                UserWarning,
+                stacklevel=2,
+            )
+        if cold_iter < 0:
+            raise ValueError(f"cold_iter must be >= 0, got {cold_iter}")
+        self.normalize_advantage = normalize_advantage
+        self.rms_prop_eps = rms_prop_eps
+        self.use_rms_prop = use_rms_prop
+        self.kl_clip = kl_clip
+        self.damping = damping
+        self.stats_decay = stats_decay
+        self.momentum = momentum
+        self.cold_iter = cold_iter
+        self.vf_fisher_coef = vf_fisher_coef
+        self.update_inverses_every = update_inverses_every
+        self.kfac_kwargs = dict(kfac_kwargs or {})
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        # The policy's own optimizer (Adam/RMSprop by SB3's defaults) is replaced; its state is never used.
+        self.policy.optimizer = KFACOptimizer(
+            self.policy,
+            lr=self.lr_schedule(1.0),
+            momentum=self.momentum,
+            cold_steps=self.cold_iter,
+            kl_clip=self.kl_clip,
+            damping=self.damping,
+            factor_decay=self.stats_decay,
+            cold_start_updates=self.cold_iter,
+            update_inverses_every=self.update_inverses_every,
+            **self.kfac_kwargs,
+        )
+        _ = self.kfac  # create the preconditioner now, on the policy's device
+
+    @property
+    def kfac(self) -> Any:
+        """The ``acktr.curvature.KFAC`` preconditioner of the policy (its state is saved with the model)."""
+        optimizer: KFACOptimizer = self.policy.optimizer  # type: ignore[assignment]
+        return optimizer.kfac
+
+    def train(self) -> None:
+        """One ACKTR update on the rollout buffer (a single natural-gradient step over all the data)."""
+        self.policy.set_training_mode(True)
+        optimizer: KFACOptimizer = self.policy.optimizer  # type: ignore[assignment]
+        self._update_learning_rate(optimizer)
+        kfac = optimizer.kfac
+        cold = optimizer.in_cold_start
+
+        for rollout_data in self.rollout_buffer.get(batch_size=None):
+            actions = rollout_data.actions
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.long().flatten()
+
+            # One forward pass feeds both losses; only the Fisher backward runs with the hooks on.
+            with kfac.collect_statistics():
+                values, log_prob, entropy, distribution = evaluate_with_distribution(
+                    self.policy, rollout_data.observations, actions
+                )
+                kfac_start = time.perf_counter()  # curvature time: Fisher backward, factors, precondition
+                fisher_loss = sampled_fisher_loss(distribution, values, self.vf_fisher_coef)
+                optimizer.zero_grad()
+                fisher_loss.backward(retain_graph=True)
+            kfac_ms = 1e3 * (time.perf_counter() - kfac_start)
+            old_distribution = snapshot(distribution)
+            values = values.flatten()
+
+            advantages = rollout_data.advantages
+            if self.normalize_advantage:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            policy_loss = -(advantages * log_prob).mean()
+            value_loss = F.mse_loss(rollout_data.returns, values)
+            entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+            optimizer.zero_grad()
+            loss.backward()
+            if cold:
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            step_start = time.perf_counter()
+            optimizer.step()  # preconditions with kfac.precondition(lr=η) unless cold
+            if not cold:
+                kfac_ms += 1e3 * (time.perf_counter() - step_start)
+
+            with th.no_grad():
+                kl = mean_kl(old_distribution, self.policy.get_distribution(rollout_data.observations))
+
+        explained_var = explained_variance(
+            self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
+        )
+        info = optimizer.last_info
+        self._n_updates += 1
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/explained_variance", explained_var)
+        self.logger.record("train/entropy_loss", entropy_loss.item())
+        self.logger.record("train/policy_loss", policy_loss.item())
+        self.logger.record("train/value_loss", value_loss.item())
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/kl", kl.item())
+        self.logger.record("train/kl_clip", float("nan") if kfac.kl_clip is None else float(kfac.kl_clip))
+        self.logger.record("train/step_scale", 1.0 if info is None else float(info.step_scale.item()))
+        self.logger.record("train/damping", float(kfac.damping))
+        self.logger.record("train/eigh_failures", 0 if info is None else int(info.eigh_failures))
+        self.logger.record("train/cold_start", int(cold))
+        self.logger.record("time/kfac_ms", kfac_ms)
+
+    def learn(
+        self: SelfACKTR,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 100,
+        tb_log_name: str = "ACKTR",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfACKTR:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )

@@ -1,0 +1,148 @@
+"""``KFACOptimizer``: K-FAC preconditioning + KL trust region + SGD with momentum, as a torch Optimizer.
+
+Being a ``torch.optim.Optimizer`` lets it sit in ``policy.optimizer``, where Stable-Baselines3 already
+expects an optimizer: SB3 writes the scheduled learning rate into ``param_groups[i]["lr"]`` before each
+update, saves ``policy.optimizer.state_dict()`` in the model zip and restores it on load. The state dict
+therefore carries the K-FAC state (factors, decompositions, counters) next to the momentum buffers, which is
+what makes a saved-and-reloaded run continue exactly like an uninterrupted one.
+
+Update rule (OpenAI baselines' ACKTR), with η the group learning rate and m the momentum:
+
+- cold start (the first ``cold_steps`` steps): ``buf ← m·buf + g``, ``θ ← θ − η_cold·buf`` on the plain
+  gradient (baselines' cold SGD; the caller clips the gradient), while the statistics already accumulate;
+- afterwards: ``u = ν·F̂⁻¹g`` from ``kfac.precondition(lr=η)`` (ν the trust-region scale), then
+  ``buf ← m·buf + u``, ``θ ← θ − η(1−m)·buf``. The momentum buffer is reset when the K-FAC phase starts, as
+  baselines used a separate optimizer for the cold phase. With lr η(1−m) the steady-state step of a
+  constant direction is η·u, so η keeps the meaning it has in the trust region.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch as th
+from torch import nn
+
+
+class KFACOptimizer(th.optim.Optimizer):
+    """Natural-gradient SGD-with-momentum over all trainable parameters of ``model``.
+
+    The statistics come from outside: run the forward pass and a sampled-Fisher backward inside
+    ``optimizer.kfac.collect_statistics()`` before ``loss.backward()`` and ``step()``.
+
+    :param model: the module whose parameters are optimised and whose Linear/Conv2d layers get K-FAC blocks.
+    :param lr: η, the initial learning rate (SB3 overwrites ``param_groups[i]["lr"]`` with its schedule).
+    :param momentum: m.
+    :param cold_steps: number of initial plain-gradient steps before preconditioning starts.
+    :param cold_lr: step size of the cold steps; None uses the current η (baselines' default).
+    :param kfac_kwargs: passed to ``acktr.curvature.KFAC`` (``kl_clip``, ``damping``, ``factor_decay``,
+        ``update_inverses_every``, ``cold_start_updates``, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 0.25,
+        *,
+        momentum: float = 0.9,
+        cold_steps: int = 0,
+        cold_lr: float | None = None,
+        **kfac_kwargs: Any,
+    ) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if cold_steps < 0:
+            raise ValueError(f"cold_steps must be >= 0, got {cold_steps}")
+        params = [p for p in model.parameters() if p.requires_grad]
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+        self.model = model
+        self.cold_steps = cold_steps
+        self.cold_lr = cold_lr
+        self.kfac_kwargs = kfac_kwargs
+        self.steps_taken = 0
+        self.last_info: Any = None  # acktr.curvature.PreconditionInfo of the last K-FAC step, None when cold
+        self._kfac: Any = None
+
+    @property
+    def kfac(self) -> Any:
+        """The ``acktr.curvature.KFAC`` preconditioner, created on first use.
+
+        Created lazily so that it sees the model on its final device (SB3 builds a policy, optimizer
+        included, before moving it with ``.to(device)``).
+        """
+        if self._kfac is None:
+            from acktr.curvature import KFAC
+
+            kwargs = dict(self.kfac_kwargs)
+            warn_unsupported = kwargs.pop("warn_unsupported", True)
+            self._kfac = KFAC(self.model, lr=self.param_groups[0]["lr"], warn_unsupported=False, **kwargs)
+            # A policy's state-independent log_std is expected to be uncovered; warn about anything else.
+            names = {id(p): name for name, p in self.model.named_parameters()}
+            unexpected = [
+                names[id(p)]
+                for p in self._kfac.uncovered_parameters()
+                if not names[id(p)].endswith("log_std")
+            ]
+            if unexpected and warn_unsupported:
+                warnings.warn(
+                    f"K-FAC has no block for parameters {unexpected}: they get the plain gradient scaled by "
+                    "the trust region",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        return self._kfac
+
+    @property
+    def in_cold_start(self) -> bool:
+        """True while the next ``step()`` is a plain-gradient cold step."""
+        return self.steps_taken < self.cold_steps
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Precondition ``p.grad`` in place (unless cold) and take one momentum step."""
+        loss = None
+        if closure is not None:
+            with th.enable_grad():
+                loss = closure()
+        lr = self.param_groups[0]["lr"]
+        if self.in_cold_start:
+            self.last_info = None
+            step_size = lr if self.cold_lr is None else self.cold_lr
+        else:
+            if self.steps_taken == self.cold_steps and self.cold_steps > 0:
+                self.state.clear()  # fresh momentum for the K-FAC phase
+            self.last_info = self.kfac.precondition(lr=lr)
+            step_size = None  # per group: η(1 − m)
+        with th.no_grad():
+            for group in self.param_groups:
+                momentum = group["momentum"]
+                group_step = step_size if step_size is not None else group["lr"] * (1.0 - momentum)
+                for param in group["params"]:
+                    if param.grad is None:
+                        continue
+                    state = self.state[param]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = param.grad.detach().clone()
+                    else:
+                        state["momentum_buffer"].mul_(momentum).add_(param.grad)
+                    param.add_(state["momentum_buffer"], alpha=-group_step)
+        self.steps_taken += 1
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """Momentum buffers and param groups (torch format) plus ``"kfac"`` and ``"steps_taken"``."""
+        state = super().state_dict()
+        state["kfac"] = self.kfac.state_dict()
+        state["steps_taken"] = self.steps_taken
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        kfac_state = state_dict.pop("kfac", None)
+        steps_taken = state_dict.pop("steps_taken", None)
+        super().load_state_dict(state_dict)
+        if kfac_state is not None:
+            self.kfac.load_state_dict(kfac_state)
+        if steps_taken is not None:
+            self.steps_taken = int(steps_taken)
