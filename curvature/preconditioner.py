@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,7 +41,8 @@ class PreconditionInfo:
     """
 
     step_scale: Tensor
-    """ν, the trust-region scale applied to every gradient (1 when ``kl_clip`` is None)."""
+    """ν, the trust-region scale applied to the gradients (1 when ``kl_clip`` is None); with
+    ``trust_region_groups``, the scale of the parameters outside every group."""
     predicted_kl: Tensor
     """``η² ν² Σ⟨Δ, g⟩``: the quadratic-model KL of the step that will be taken (baselines' units)."""
     natural_grad_dot: Tensor
@@ -53,6 +54,10 @@ class PreconditionInfo:
     """Wall time of statistics work since the previous precondition() call."""
     inverse_ms: float
     precondition_ms: float
+    group_step_scales: list[Tensor] = field(default_factory=list)
+    """ν of each ``trust_region_groups`` entry, in order (``step_scale`` is the default group's)."""
+    group_natural_grad_dots: list[Tensor] = field(default_factory=list)
+    """``Σ⟨Δ, g⟩`` of each ``trust_region_groups`` entry (the default group's is the remainder)."""
 
     def __getitem__(self, key: str) -> Any:
         """Mapping-style access (``info["step_scale"]``) for loggers that expect a dict."""
@@ -74,6 +79,10 @@ class PreconditionInfo:
             "factor_ms": self.factor_ms,
             "inverse_ms": self.inverse_ms,
             "precondition_ms": self.precondition_ms,
+            **{
+                f"group{index}_step_scale": float(scale)
+                for index, scale in enumerate(self.group_step_scales, 1)
+            },
         }
 
 
@@ -117,6 +126,10 @@ class KFAC:
         loss_reduction: ``"mean"`` if the statistics loss is a mean over the batch (backprop gradients are
             multiplied by the batch size to recover per-example gradients), ``"sum"`` otherwise.
         warn_unsupported: emit the warning about uncovered modules.
+        trust_region_groups: ``[(parameters, kl_clip), ...]``: each group of parameters gets its own
+            trust region ``ν_k = min(1, sqrt(kl_clip_k / (η² Σ_{p∈k}⟨Δ, g⟩)))`` (e.g. a separate critic, as
+            in ACKTR's continuous-control setup); all other parameters share ``kl_clip``. A layer's weight
+            and bias must be in the same group.
     """
 
     def __init__(
@@ -135,6 +148,7 @@ class KFAC:
         modules: Iterable[nn.Module] | None = None,
         loss_reduction: str = "mean",
         warn_unsupported: bool = True,
+        trust_region_groups: Sequence[tuple[Iterable[nn.Parameter], float | None]] = (),
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"KFAC: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -162,6 +176,7 @@ class KFAC:
         self.blocks: list[KFACBlock] = self._make_blocks(model, modules, factor_dtype, warn_unsupported)
         covered = {id(p) for block in self.blocks for p in block.parameters()}
         self._uncovered_parameters = [p for p in model.parameters() if id(p) not in covered]
+        self._set_trust_region_groups(trust_region_groups)
 
         self.steps = 0
         self.statistics_calls = 0
@@ -245,6 +260,34 @@ class KFAC:
                 stacklevel=3,
             )
         return blocks
+
+    def _set_trust_region_groups(self, groups: Sequence[tuple[Iterable[nn.Parameter], float | None]]) -> None:
+        """Map every parameter to a trust-region group: 0 is the default group (``kl_clip``)."""
+        self._group_kl_clips: list[float | None] = []
+        self._group_of: dict[int, int] = {}
+        model_ids = {id(p) for p in self.model.parameters()}
+        for index, (params, group_kl_clip) in enumerate(groups, start=1):
+            if group_kl_clip is not None:
+                _check_positive_number("trust_region_groups kl_clip", group_kl_clip)
+            self._group_kl_clips.append(group_kl_clip)
+            for param in params:
+                if id(param) not in model_ids:
+                    raise ValueError(
+                        "KFAC: trust_region_groups contains a parameter that is not in the model"
+                    )
+                if id(param) in self._group_of:
+                    raise ValueError("KFAC: a parameter appears in two trust_region_groups")
+                self._group_of[id(param)] = index
+        for block in self.blocks:
+            block_groups = {self._group_of.get(id(p), 0) for p in block.parameters()}
+            if len(block_groups) > 1:
+                raise ValueError(
+                    f"KFAC: layer {block.name!r} has parameters in different trust_region_groups; "
+                    "put its weight and bias in the same group"
+                )
+
+    def _group_kl_clip(self, group: int) -> float | None:
+        return self.kl_clip if group == 0 else self._group_kl_clips[group - 1]
 
     def covered_parameters(self) -> list[nn.Parameter]:
         """Parameters preconditioned by a K-FAC block."""
@@ -338,7 +381,8 @@ class KFAC:
         """Rewrite every parameter's ``.grad`` with the trust-region-scaled natural gradient.
 
         Blocks: ``Δ = (A ⊗ G + λI)⁻¹ ∇W``; uncovered parameters: ``Δ = g``. Then all are multiplied
-        by ``ν = min(1, sqrt(kl_clip / (η² Σ⟨Δ, g⟩)))``. Parameters without ``.grad`` are skipped.
+        by ``ν = min(1, sqrt(kl_clip / (η² Σ⟨Δ, g⟩)))`` (one ν per trust-region group). Parameters
+        without ``.grad`` are skipped.
 
         Args:
             lr: the learning rate η of the step about to be taken (default: ``self.lr``).
@@ -353,8 +397,9 @@ class KFAC:
 
         start = time.perf_counter()
         device = next(iter(self.blocks)).parameters()[0].device
-        natural_grad_dot = torch.zeros((), dtype=torch.float32, device=device)
-        directions: list[tuple[KFACBlock, Tensor]] = []
+        group_count = 1 + len(self._group_kl_clips)
+        group_dots = [torch.zeros((), dtype=torch.float32, device=device) for _ in range(group_count)]
+        directions: list[tuple[KFACBlock, Tensor, int]] = []
         without_statistics = []
         for block in self.blocks:
             grad_matrix = block.gradient_matrix()
@@ -363,8 +408,11 @@ class KFAC:
             if not block.has_factors:
                 without_statistics.append(block.name)
             direction = block.natural_gradient(grad_matrix, damping=self.damping)
-            natural_grad_dot = natural_grad_dot + (direction * grad_matrix.to(direction.dtype)).sum().float()
-            directions.append((block, direction))
+            group = self._group_of.get(id(block.parameters()[0]), 0)
+            group_dots[group] = (
+                group_dots[group] + (direction * grad_matrix.to(direction.dtype)).sum().float()
+            )
+            directions.append((block, direction, group))
         if without_statistics and self.statistics_calls > 0 and not self._warned_missing_statistics:
             # e.g. nn.MultiheadAttention's out_proj, whose weight is used without calling its forward()
             self._warned_missing_statistics = True
@@ -377,27 +425,37 @@ class KFAC:
         uncovered = [p for p in self._uncovered_parameters if p.grad is not None]
         for param in uncovered:
             assert param.grad is not None
-            natural_grad_dot = natural_grad_dot + param.grad.float().square().sum()
+            group = self._group_of.get(id(param), 0)
+            group_dots[group] = group_dots[group] + param.grad.float().square().sum()
 
-        step_scale = kfac_math.trust_region_scale(natural_grad_dot, eta, self.kl_clip)
-        for block, direction in directions:
-            block.write_gradient_matrix(direction * step_scale.to(direction.dtype))
+        scales = [
+            kfac_math.trust_region_scale(dot, eta, self._group_kl_clip(group))
+            for group, dot in enumerate(group_dots)
+        ]
+        for block, direction, group in directions:
+            block.write_gradient_matrix(direction * scales[group].to(direction.dtype))
         for param in uncovered:
             assert param.grad is not None
-            param.grad.mul_(step_scale.to(param.grad.dtype))
+            param.grad.mul_(scales[self._group_of.get(id(param), 0)].to(param.grad.dtype))
         precondition_seconds = time.perf_counter() - start
 
         self.steps += 1
         factor_seconds, self._factor_seconds = self._factor_seconds, 0.0
+        natural_grad_dot = torch.stack(group_dots).sum()
+        predicted_kl = (eta * eta) * torch.stack(
+            [scale.square() * dot for scale, dot in zip(scales, group_dots, strict=True)]
+        ).sum()
         return PreconditionInfo(
-            step_scale=step_scale,
-            predicted_kl=(eta * eta) * step_scale.square() * natural_grad_dot,
+            step_scale=scales[0],
+            predicted_kl=predicted_kl,
             natural_grad_dot=natural_grad_dot,
             eigh_failures=self.eigh_failures,
             inverses_updated=refresh,
             factor_ms=1000.0 * factor_seconds,
             inverse_ms=1000.0 * inverse_seconds,
             precondition_ms=1000.0 * precondition_seconds,
+            group_step_scales=scales[1:],
+            group_natural_grad_dots=group_dots[1:],
         )
 
     # ----------------------------------------------------------------- state

@@ -452,3 +452,62 @@ def test_frozen_layers_and_frozen_biases() -> None:
     expected = torch.linalg.solve(torch.kron(a, g) + 0.1 * torch.eye(8), raw.T.reshape(-1)).reshape(4, 2).T
     torch.testing.assert_close(model[2].weight.grad, expected, rtol=1e-4, atol=1e-6)
     assert model[2].bias.grad is None and model[0].weight.grad is None
+
+
+class ActorCritic(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.actor = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.critic = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor(x), self.critic(x).squeeze(1)
+
+
+def test_trust_region_groups_scale_each_group_by_its_own_formula() -> None:
+    torch.manual_seed(15)
+    model = ActorCritic()
+    reference_model = copy.deepcopy(model)
+    x, labels, returns = torch.randn(32, 4), torch.randint(0, 3, (32,)), 50.0 * torch.randn(32)
+    lr, actor_clip, critic_clip = 0.5, 1e-3, 0.3
+    kfac = KFAC(
+        model, lr=lr, kl_clip=actor_clip, trust_region_groups=[(model.critic.parameters(), critic_clip)]
+    )
+    reference = KFAC(reference_model, lr=lr, kl_clip=None)
+    for net, preconditioner in ((model, kfac), (reference_model, reference)):
+        torch.manual_seed(16)
+        with preconditioner.collect_statistics():
+            logits, values = net(x)
+            fisher = (
+                sampled_fisher_loss(logits)
+                + (values - (values + torch.randn_like(values)).detach()).square().mean()
+            )
+            fisher.backward(retain_graph=True)
+        net.zero_grad()
+        (F.cross_entropy(logits, labels) + (values - returns).square().mean()).backward()
+    info = kfac.precondition()
+    reference.precondition()
+    assert len(info.group_step_scales) == 1
+    critic_dot = float(info.group_natural_grad_dots[0])
+    actor_dot = float(info.natural_grad_dot) - critic_dot
+    expected_actor = min(1.0, (actor_clip / (lr**2 * actor_dot)) ** 0.5)
+    expected_critic = min(1.0, (critic_clip / (lr**2 * critic_dot)) ** 0.5)
+    assert float(info.step_scale) == pytest.approx(expected_actor, rel=1e-3)  # float32 difference of dots
+    assert float(info.group_step_scales[0]) == pytest.approx(expected_critic, rel=1e-5)
+    assert expected_actor != pytest.approx(expected_critic)
+    for (name, clipped), unclipped in zip(
+        model.named_parameters(), reference_model.parameters(), strict=True
+    ):
+        scale = expected_critic if name.startswith("critic") else expected_actor
+        torch.testing.assert_close(clipped.grad, unclipped.grad * scale, rtol=1e-3, atol=1e-7)
+    assert float(info.predicted_kl) == pytest.approx(
+        lr**2 * (expected_actor**2 * actor_dot + expected_critic**2 * critic_dot), rel=1e-4
+    )
+
+
+def test_trust_region_groups_reject_split_layers_and_foreign_parameters() -> None:
+    model = ActorCritic()
+    with pytest.raises(ValueError, match="same group"):
+        KFAC(model, trust_region_groups=[([model.critic[0].weight], 0.1)])
+    with pytest.raises(ValueError, match="not in the model"):
+        KFAC(model, trust_region_groups=[([nn.Parameter(torch.zeros(1))], 0.1)])
