@@ -1,0 +1,42 @@
+"""The benchmark dispatcher and the update benchmark (smoke-sized: timings are never asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from acktr import bench
+from acktr.cli import main as cli_main
+
+
+def test_update_benchmark_writes_report_with_its_command(tmp_path: Path) -> None:
+    out = tmp_path / "update.md"
+    argv = [
+        "update",
+        "--batches",
+        "2x2",
+        "--rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert bench.main(argv) == 0
+    text = out.read_text()
+    assert "Command: `acktr bench update --batches 2x2" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 2×2 = 4 |"))
+    cells = [cell.strip().strip("*×") for cell in row.strip("|").split("|")]
+    acktr_ms, a2c_ms, ratio = float(cells[1]), float(cells[2]), float(cells[3])
+    assert acktr_ms > 0 and a2c_ms > 0
+    assert ratio == pytest.approx(acktr_ms / a2c_ms, rel=0.05)
+
+
+def test_bench_is_reachable_from_the_cli_and_rejects_unknown_benchmarks(capsys) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        cli_main(["bench", "no-such-benchmark"])
+    assert excinfo.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
