@@ -7,8 +7,13 @@
 The tensor fast path (observations stay on the device) is :func:`make_torch_env` / :class:`TorchVecEnv`.
 """
 
-from acktr.envs.adapters import EnvpoolVecEnv, FiniteObservationCheck, TorchVecEnvAdapter
-from acktr.envs.make import BACKENDS, choose_backend, make_env, make_torch_env
+from acktr.envs.adapters import (
+    EnvpoolVecEnv,
+    FiniteObservationCheck,
+    GymnasiumVectorVecEnv,
+    TorchVecEnvAdapter,
+)
+from acktr.envs.make import BACKENDS, VECTORIZATIONS, choose_backend, make_env, make_torch_env
 from acktr.envs.registry import is_atari, known_env_names, resolve_env_id
 from acktr.envs.torch_envs import (
     TORCH_ENVS,
@@ -24,10 +29,12 @@ from acktr.envs.torch_envs import (
 __all__ = [
     "BACKENDS",
     "TORCH_ENVS",
+    "VECTORIZATIONS",
     "AcrobotTorch",
     "CartPoleTorch",
     "EnvpoolVecEnv",
     "FiniteObservationCheck",
+    "GymnasiumVectorVecEnv",
     "MountainCarContinuousTorch",
     "MountainCarTorch",
     "PendulumTorch",

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
@@ -40,6 +42,9 @@ def _episode_info(episode_return: float, episode_length: int, start_time: float)
         "l": int(episode_length),
         "t": round(time.time() - start_time, 6),
     }
+
+
+_RUNNING_INFO: dict[str, Any] = {"TimeLimit.truncated": False}  # info of a copy whose episode goes on
 
 
 class _BatchedVecEnv(VecEnv):
@@ -127,20 +132,25 @@ class TorchVecEnvAdapter(_BatchedVecEnv):
         terminated = result.terminated.cpu().numpy()
         truncated = result.truncated.cpu().numpy()
         dones = terminated | truncated
-        infos: list[dict[str, Any]] = [{"TimeLimit.truncated": False} for _ in range(self.num_envs)]
+        # thousands of copies: build the infos in bulk (dict.copy via map, one tolist per field)
+        infos: list[dict[str, Any]] = list(map(dict.copy, repeat(_RUNNING_INFO, self.num_envs)))
         done_ids = np.flatnonzero(dones)
         if len(done_ids):
-            final_obs = result.final_obs.cpu().numpy()
-            returns = result.episode_return.cpu().numpy()
-            lengths = result.episode_length.cpu().numpy()
-            for i in done_ids:
+            final_obs = result.final_obs.cpu().numpy()[done_ids]
+            returns = result.episode_return.cpu().numpy()[done_ids].tolist()
+            lengths = result.episode_length.cpu().numpy()[done_ids].tolist()
+            time_limit = (truncated & ~terminated)[done_ids].tolist()
+            elapsed = round(time.time() - self._start_time, 6)
+            for i, by_time_limit, terminal_obs, episode_return, episode_length in zip(
+                done_ids.tolist(), time_limit, final_obs, returns, lengths, strict=True
+            ):
                 infos[i] = {
-                    "TimeLimit.truncated": bool(truncated[i] and not terminated[i]),
-                    "terminal_observation": final_obs[i],
-                    "episode": _episode_info(returns[i], lengths[i], self._start_time),
+                    "TimeLimit.truncated": by_time_limit,
+                    "terminal_observation": terminal_obs,
+                    "episode": {"r": round(episode_return, 6), "l": episode_length, "t": elapsed},
                 }
             if self.check_finite:
-                check_finite_observations(self.env_id, final_obs[done_ids], "terminal observation")
+                check_finite_observations(self.env_id, final_obs, "terminal observation")
         if self.check_finite:
             check_finite_observations(self.env_id, obs)
         return obs, rewards, dones, infos
@@ -181,7 +191,7 @@ class EnvpoolVecEnv(_BatchedVecEnv):
         self.check_finite = check_finite
         self._render_mode = render_mode
         self._pool_kwargs = pool_kwargs
-        self._pool_seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        self._pool_seed = seed if seed is not None else int(np.random.default_rng().integers(2**31))
         self.pool = self._make_pool(num_envs, self._pool_seed)
         self._actions: np.ndarray | None = None
         self._start_time = time.time()
@@ -262,6 +272,101 @@ class EnvpoolVecEnv(_BatchedVecEnv):
 
     def close(self) -> None:
         self.pool.close()
+
+
+def unbatch_info(info: dict[str, Any], index: int) -> dict[str, Any]:
+    """Env ``index``'s entries of a gymnasium vector-env info dict (values batched, ``"_key"`` masks)."""
+    single: dict[str, Any] = {}
+    for key, value in info.items():
+        if key.startswith("_"):
+            continue
+        mask = info.get(f"_{key}")
+        if mask is not None and not mask[index]:
+            continue
+        if isinstance(value, dict):
+            single[key] = unbatch_info(value, index)
+        else:
+            item = value[index]
+            single[key] = item.item() if isinstance(item, np.generic) else item
+    return single
+
+
+class GymnasiumVectorVecEnv(VecEnv):
+    """SB3 ``VecEnv`` over a gymnasium ``VectorEnv`` built with ``AutoresetMode.SAME_STEP``.
+
+    gymnasium's same-step mode already resets finished copies in the step; their last observation is in
+    ``info["final_obs"]`` and their last info (with Monitor's ``"episode"``) in ``info["final_info"]``. This
+    adapter turns that batched info into SB3's list of per-copy dicts with ``terminal_observation`` and
+    ``TimeLimit.truncated``.
+    """
+
+    def __init__(self, vector_env: gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv) -> None:
+        self.vector_env = vector_env
+        self._actions: np.ndarray | None = None
+        super().__init__(
+            vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space
+        )
+        self.render_mode = vector_env.render_mode
+
+    def reset(self) -> VecEnvObs:
+        # SB3's seeds are seed + i, and gymnasium seeds copy i with seed + i; one options dict for every copy
+        obs, _ = self.vector_env.reset(seed=self._seeds[0], options=self._options[0] or None)
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        assert self._actions is not None, "step_async must be called before step_wait"
+        obs, rewards, terminated, truncated, info = self.vector_env.step(self._actions)
+        dones = terminated | truncated
+        infos: list[dict[str, Any]] = []
+        final_obs_mask = info.get("_final_obs")
+        final_infos = info.get("final_info", {})
+        for i in range(self.num_envs):
+            if dones[i]:
+                single = unbatch_info(final_infos, i)
+                if final_obs_mask is not None and final_obs_mask[i]:
+                    single["terminal_observation"] = info["final_obs"][i]
+            else:
+                single = unbatch_info(info, i) if info else {}
+            single["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            infos.append(single)
+        return obs, rewards.astype(np.float32), dones, infos
+
+    def close(self) -> None:
+        self.vector_env.close()
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        if self.render_mode != "rgb_array":
+            raise ValueError("pass render_mode='rgb_array' to make_env to render frames")
+        return list(self.vector_env.call("render"))
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        values = self.vector_env.get_attr(attr_name)
+        return [values[i] for i in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        selected = set(self._get_indices(indices))
+        current = self.vector_env.get_attr(attr_name)
+        self.vector_env.set_attr(
+            attr_name, [value if i in selected else current[i] for i in range(self.num_envs)]
+        )
+
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
+        results = self.vector_env.call(method_name, *method_args, **method_kwargs)
+        return [results[i] for i in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        envs = getattr(self.vector_env, "envs", None)
+        if envs is not None:  # SyncVectorEnv: look at the wrapper chains
+            return [is_wrapped(envs[i], wrapper_class) for i in self._get_indices(indices)]
+        # AsyncVectorEnv: the copies live in worker processes; each is wrapped in (a subclass of) Monitor
+        return [issubclass(wrapper_class, Monitor) for _ in self._get_indices(indices)]
 
 
 class FiniteObservationCheck(VecEnvWrapper):

@@ -11,12 +11,19 @@ import torch
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-from acktr.envs.adapters import EnvpoolVecEnv, FiniteObservationCheck, TorchVecEnvAdapter
+from acktr.envs.adapters import (
+    EnvpoolVecEnv,
+    FiniteObservationCheck,
+    GymnasiumVectorVecEnv,
+    TorchVecEnvAdapter,
+)
 from acktr.envs.atari import DEFAULT_MAX_EPISODE_STEPS, make_gymnasium_atari
 from acktr.envs.registry import envpool_env_ids, envpool_task_id, is_atari, resolve_env_id
 from acktr.envs.torch_envs import TORCH_ENVS, TorchVecEnv, resolve_device
 
 BACKENDS = ("auto", "envpool", "gymnasium", "torch")
+# gymnasium backend: SB3 DummyVecEnv / SubprocVecEnv or gymnasium Sync/AsyncVectorEnv (same-step autoreset)
+VECTORIZATIONS = ("dummy", "subprocess", "gymnasium", "gymnasium-async")
 
 
 def choose_backend(env_id: str, backend: str = "auto", render_mode: str | None = None) -> str:
@@ -99,7 +106,9 @@ def make_env(
         render_mode: ``"rgb_array"`` makes ``venv.render()`` / ``get_images()`` work (auto: gymnasium).
         **kwargs: ``sticky_actions`` (Atari, default False), ``frame_stack`` (Atari, default 4), ``noop_max``
             (Atari, 30), ``max_episode_steps``, ``num_threads`` (envpool, default min(n_envs, cores)),
-            ``vectorization`` (gymnasium: ``"dummy"`` or ``"subprocess"``), ``dtype`` (torch),
+            ``vectorization`` (gymnasium backend: ``"dummy"`` (default) or ``"subprocess"`` for SB3's
+            DummyVecEnv / SubprocVecEnv, ``"gymnasium"`` or ``"gymnasium-async"`` for gymnasium's
+            SyncVectorEnv / AsyncVectorEnv in same-step autoreset mode), ``dtype`` (torch),
             ``check_finite`` (default True: NaN/inf observations raise). Anything else goes to the backend's
             constructor (``gym.make`` or ``envpool.make``).
 
@@ -158,8 +167,17 @@ def make_env(
             venv = DummyVecEnv([env_fn] * n_envs)
         elif vectorization == "subprocess":
             venv = SubprocVecEnv([env_fn] * n_envs)
+        elif vectorization in ("gymnasium", "gymnasium-async"):
+            vector_cls = (
+                gym.vector.SyncVectorEnv if vectorization == "gymnasium" else gym.vector.AsyncVectorEnv
+            )
+            venv = GymnasiumVectorVecEnv(
+                vector_cls([env_fn] * n_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+            )
         else:
-            raise ValueError(f"vectorization must be 'dummy' or 'subprocess', got {vectorization!r}")
+            raise ValueError(
+                f"vectorization must be one of {', '.join(VECTORIZATIONS)}, got {vectorization!r}"
+            )
         if check_finite and isinstance(venv.observation_space, gym.spaces.Box):
             venv = FiniteObservationCheck(venv, env_id)
     if seed is not None:

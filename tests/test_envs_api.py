@@ -10,6 +10,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from acktr.envs import (
     EnvpoolVecEnv,
+    GymnasiumVectorVecEnv,
     TorchVecEnvAdapter,
     choose_backend,
     is_atari,
@@ -191,4 +192,59 @@ def test_render_rgb_array_for_classic_control() -> None:
     venv.reset()
     frames = venv.get_images()
     assert len(frames) == 2 and frames[0].shape == (400, 600, 3)
+    venv.close()
+
+
+@pytest.mark.parametrize("vectorization", ["gymnasium", "gymnasium-async"])
+def test_gymnasium_vector_envs_match_dummy_vec_env(vectorization: str) -> None:
+    """gymnasium's Sync/AsyncVectorEnv (same-step autoreset) give DummyVecEnv's steps, infos and episodes."""
+    venvs = [
+        make_env("CartPole", n_envs=3, seed=4, backend="gymnasium", vectorization=v, max_episode_steps=15)
+        for v in ("dummy", vectorization)
+    ]
+    assert isinstance(venvs[1].unwrapped, GymnasiumVectorVecEnv)
+    observations = [venv.reset() for venv in venvs]
+    np.testing.assert_array_equal(observations[0], observations[1])
+    rng = np.random.default_rng(0)
+    episodes = 0
+    for _ in range(40):
+        actions = rng.integers(0, 2, size=3)
+        (obs_a, rew_a, done_a, infos_a), (obs_b, rew_b, done_b, infos_b) = (
+            venv.step(actions) for venv in venvs
+        )
+        np.testing.assert_array_equal(obs_a, obs_b)
+        np.testing.assert_array_equal(rew_a, rew_b)
+        np.testing.assert_array_equal(done_a, done_b)
+        assert rew_b.dtype == np.float32 and done_b.dtype == bool
+        for info_a, info_b in zip(infos_a, infos_b, strict=True):
+            assert info_a["TimeLimit.truncated"] == info_b["TimeLimit.truncated"]
+            assert ("terminal_observation" in info_a) == ("terminal_observation" in info_b)
+            if "terminal_observation" in info_a:
+                np.testing.assert_array_equal(info_a["terminal_observation"], info_b["terminal_observation"])
+            assert ("episode" in info_a) == ("episode" in info_b)
+            if "episode" in info_a:
+                episodes += 1
+                assert info_a["episode"]["r"] == info_b["episode"]["r"]
+                assert info_a["episode"]["l"] == info_b["episode"]["l"]
+    assert episodes >= 6  # every copy finished (or hit the 15-step limit) at least twice
+    assert venvs[1].env_is_wrapped(Monitor) == [True] * 3
+    assert venvs[1].get_attr("spec")[0].id == "CartPole-v1"
+    assert venvs[1].env_method("get_wrapper_attr", "np_random_seed", indices=[1]) == [5]
+    for venv in venvs:
+        venv.close()
+
+
+def test_gymnasium_vectorization_on_atari_scores_whole_games() -> None:
+    venv = make_env("Breakout", n_envs=2, seed=1, backend="gymnasium", vectorization="gymnasium")
+    venv.reset()
+    rng = np.random.default_rng(0)
+    games = life_losses = 0
+    for _ in range(400):
+        obs, rewards, dones, infos = venv.step(rng.integers(0, 4, size=2))
+        assert obs.shape == (2, 4, 84, 84) and set(np.unique(rewards)) <= {-1.0, 0.0, 1.0}
+        for i in np.flatnonzero(dones):
+            assert infos[i]["terminal_observation"].shape == (4, 84, 84)
+            life_losses += 1
+            games += "episode" in infos[i]
+    assert games >= 1 and life_losses >= 5 * games  # life loss ends an episode; the score is per game
     venv.close()

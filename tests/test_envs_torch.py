@@ -123,6 +123,22 @@ def test_auto_reset_statistics_and_time_limit() -> None:
     assert saw_terminated and saw_truncated
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "MountainCar-v0", "MountainCarContinuous-v0"])
+def test_final_obs_survives_the_reset_with_one_copy(env_id: str) -> None:
+    """n_envs=1, float32: final_obs is the state the episode reached, not the reset state written after it."""
+    env = make_torch_env(env_id, n_envs=1, device="cpu", max_episode_steps=3)
+    env.reset(seed=0)
+    reference = gym.make(env_id, max_episode_steps=3)
+    reference.reset(seed=0)
+    action = np.array([1.0], dtype=np.float32) if env_id == "MountainCarContinuous-v0" else np.array(1)
+    for _ in range(3):
+        result = env.step(_batched(env_id, action))
+        obs, *_ = reference.step(action)
+    assert bool(result.truncated[0])
+    np.testing.assert_allclose(result.final_obs[0].numpy(), obs, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(result.final_obs, result.obs)
+
+
 def test_adapter_presents_sb3_semantics() -> None:
     """The VecEnv adapter: terminal_observation, TimeLimit.truncated and Monitor-style episode info."""
     venv = make_env("CartPole", n_envs=4, seed=0, backend="torch", device="cpu", max_episode_steps=5)

@@ -2,11 +2,13 @@
 
 (a) Breakout with the same number of copies: our envpool and gymnasium backends vs SB3's ``make_atari_env``
     with ``DummyVecEnv`` / ``SubprocVecEnv`` (+ ``VecFrameStack(4)``); random actions.
+    Also reports process CPU time per agent step, which bounds the achievable speed-up on this machine.
 (b) CartPole at several batch sizes: our torch-native env (tensor fast path and SB3 adapter) vs gymnasium's
-    numpy ``CartPoleVectorEnv``; random actions.
+    numpy ``CartPoleVectorEnv``; random actions drawn before timing.
 
 Each number is the best of ``--repeats`` timed runs (the machine is shared, so the best run is the least
-disturbed one); steps/s counts agent steps of single environments (vector steps x copies).
+disturbed one), with the runs of the implementations interleaved so that load changes hit all of them;
+steps/s counts agent steps of single environments (vector steps x copies).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import importlib.util
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,105 +39,107 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-subprocess", action="store_true", help="skip SB3's SubprocVecEnv reference")
 
 
-def _best_rate(run: Callable[[], float], repeats: int) -> float:
-    """Best steps/s over ``repeats`` calls of ``run`` (each returns its own steps/s)."""
-    return max(run() for _ in range(repeats))
+class _VecEnvTimer:
+    """Times one SB3 VecEnv under uniformly random discrete actions: wall-clock steps/s and CPU per step."""
+
+    def __init__(self, venv, vector_steps: int, seed: int = 0, in_process: bool = True) -> None:
+        self.venv, self.vector_steps, self.in_process = venv, vector_steps, in_process
+        self.rng = np.random.default_rng(seed)
+        self.n_envs, self.n_actions = venv.num_envs, int(venv.action_space.n)
+        self.best_rate = 0.0
+        self.best_cpu_ms = float("inf")
+        venv.reset()
+        for _ in range(20):  # warm-up
+            venv.step(self.rng.integers(0, self.n_actions, size=self.n_envs))
+
+    def run(self) -> None:
+        actions = self.rng.integers(0, self.n_actions, size=(self.vector_steps, self.n_envs))
+        cpu_start, start = time.process_time(), time.perf_counter()
+        for t in range(self.vector_steps):
+            self.venv.step(actions[t])
+        agent_steps = self.vector_steps * self.n_envs
+        self.best_rate = max(self.best_rate, agent_steps / (time.perf_counter() - start))
+        # process CPU time covers envpool's worker threads, not SubprocVecEnv's worker processes
+        self.best_cpu_ms = min(self.best_cpu_ms, (time.process_time() - cpu_start) / agent_steps * 1e3)
 
 
-def _vec_env_rate(venv, vector_steps: int, repeats: int, seed: int = 0) -> float:
-    """Steps/s of an SB3 VecEnv under uniformly random discrete actions."""
-    rng = np.random.default_rng(seed)
-    n_envs, n_actions = venv.num_envs, int(venv.action_space.n)
-    venv.reset()
-    for _ in range(20):  # warm-up
-        venv.step(rng.integers(0, n_actions, size=n_envs))
-
-    def run() -> float:
-        actions = rng.integers(0, n_actions, size=(vector_steps, n_envs))
-        start = time.perf_counter()
-        for t in range(vector_steps):
-            venv.step(actions[t])
-        return vector_steps * n_envs / (time.perf_counter() - start)
-
-    rate = _best_rate(run, repeats)
-    venv.close()
-    return rate
-
-
-def _breakout_rows(args: argparse.Namespace) -> tuple[list[tuple[str, str]], dict[str, float]]:
+def _breakout_rows(
+    args: argparse.Namespace,
+) -> tuple[list[tuple[str, str]], dict[str, float], dict[str, float | None]]:
     from stable_baselines3.common.env_util import make_atari_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack
 
     from acktr.envs import make_env
 
-    n, steps, repeats = args.breakout_envs, args.breakout_steps, args.repeats
-    rates: dict[str, float] = {}
-    rates["acktr envpool"] = _vec_env_rate(
-        make_env("Breakout", n_envs=n, seed=0, backend="envpool"), steps, repeats
-    )
-    rates["acktr gymnasium (DummyVecEnv)"] = _vec_env_rate(
-        make_env("Breakout", n_envs=n, seed=0, backend="gymnasium"), steps // 4, repeats
-    )
+    n, steps = args.breakout_envs, args.breakout_steps
+    timers: dict[str, _VecEnvTimer] = {
+        "acktr envpool": _VecEnvTimer(make_env("Breakout", n_envs=n, seed=0, backend="envpool"), steps),
+        "acktr gymnasium (DummyVecEnv)": _VecEnvTimer(
+            make_env("Breakout", n_envs=n, seed=0, backend="gymnasium"), steps // 4
+        ),
+    }
     notes: list[tuple[str, str]] = []
     if importlib.util.find_spec("cv2") is None:
         notes.append(("SB3 make_atari_env", "n/a: SB3's AtariWrapper needs opencv-python(-headless)"))
-        return notes, rates
-    sb3_id = "ale_py:BreakoutNoFrameskip-v4"  # the module prefix registers ALE ids in subprocess workers
-    dummy = VecFrameStack(make_atari_env(sb3_id, n_envs=n, seed=0, vec_env_cls=DummyVecEnv), 4)
-    rates["SB3 make_atari_env + DummyVecEnv"] = _vec_env_rate(dummy, steps // 4, repeats)
-    if not args.skip_subprocess:
-        subproc = VecFrameStack(make_atari_env(sb3_id, n_envs=n, seed=0, vec_env_cls=SubprocVecEnv), 4)
-        rates["SB3 make_atari_env + SubprocVecEnv"] = _vec_env_rate(subproc, steps // 4, repeats)
-    return notes, rates
+    else:
+        sb3_id = "ale_py:BreakoutNoFrameskip-v4"  # the module prefix registers ALE ids in subprocess workers
+        dummy = VecFrameStack(make_atari_env(sb3_id, n_envs=n, seed=0, vec_env_cls=DummyVecEnv), 4)
+        timers["SB3 make_atari_env + DummyVecEnv"] = _VecEnvTimer(dummy, steps // 4)
+        if not args.skip_subprocess:
+            subproc = VecFrameStack(make_atari_env(sb3_id, n_envs=n, seed=0, vec_env_cls=SubprocVecEnv), 4)
+            timers["SB3 make_atari_env + SubprocVecEnv"] = _VecEnvTimer(subproc, steps // 4, in_process=False)
+    for _ in range(args.repeats):  # interleave so that load changes on the shared machine hit all alike
+        for timer in timers.values():
+            timer.run()
+    rates = {name: timer.best_rate for name, timer in timers.items()}
+    cpu_ms = {name: timer.best_cpu_ms if timer.in_process else None for name, timer in timers.items()}
+    for timer in timers.values():
+        timer.venv.close()
+    return notes, rates, cpu_ms
 
 
 def _cartpole_rates(size: int, seconds: float, repeats: int) -> dict[str, float]:
+    """Steps/s of CartPole at ``size`` copies; actions are drawn before timing (a cycled pool of 64 batches).
+
+    Pre-drawn actions time the environments alone: drawn inside the loop, numpy's ``Generator.integers``
+    (about 33 us for 4096 actions here) would cost more than ``torch.randint`` (about 20 us).
+    """
     from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
     from acktr.envs import make_env, make_torch_env
 
-    rates: dict[str, float] = {}
-    # calibrate the number of vector steps so that one run lasts about `seconds` (1 ms per step guess first)
+    # calibrate the number of vector steps so that one run lasts about `seconds`
     vector_steps = max(50, int(seconds / (2e-5 + size * 2e-8)))
+    numpy_actions = [np.random.default_rng(i).integers(0, 2, size=size) for i in range(64)]
+    torch_actions = [torch.as_tensor(actions) for actions in numpy_actions]
+
+    def timed(step: Callable[[Any], Any], actions: Sequence[Any]) -> Callable[[], float]:
+        def run() -> float:
+            start = time.perf_counter()
+            for t in range(vector_steps):
+                step(actions[t % len(actions)])
+            return vector_steps * size / (time.perf_counter() - start)
+
+        return run
 
     numpy_env = CartPoleVectorEnv(num_envs=size)
     numpy_env.reset(seed=0)
-    rng = np.random.default_rng(0)
-
-    def run_numpy() -> float:
-        start = time.perf_counter()
-        for _ in range(vector_steps):
-            numpy_env.step(rng.integers(0, 2, size=size))
-        return vector_steps * size / (time.perf_counter() - start)
-
     torch_env = make_torch_env("CartPole", n_envs=size, seed=0, device="cpu")
     torch_env.reset(seed=0)
-    generator = torch.Generator().manual_seed(0)
-
-    def run_torch() -> float:
-        start = time.perf_counter()
-        for _ in range(vector_steps):
-            torch_env.step(torch.randint(0, 2, (size,), generator=generator))
-        return vector_steps * size / (time.perf_counter() - start)
-
     adapter = make_env("CartPole", n_envs=size, seed=0, backend="torch", device="cpu")
     adapter.reset()
-
-    def run_adapter() -> float:
-        start = time.perf_counter()
-        for _ in range(vector_steps):
-            adapter.step(rng.integers(0, 2, size=size))
-        return vector_steps * size / (time.perf_counter() - start)
-
-    runs = {"gymnasium numpy": run_numpy, "acktr torch": run_torch, "acktr torch SB3 adapter": run_adapter}
-    for fn in runs.values():  # warm-up
-        fn()
+    runs = {
+        "gymnasium numpy": timed(numpy_env.step, numpy_actions),
+        "acktr torch": timed(torch_env.step, torch_actions),
+        "acktr torch SB3 adapter": timed(adapter.step, numpy_actions),
+    }
+    for run in runs.values():  # warm-up
+        run()
     best = dict.fromkeys(runs, 0.0)
-    for _ in range(repeats):  # interleave so that load changes hit all three alike
-        for name, fn in runs.items():
-            best[name] = max(best[name], fn())
-    rates.update(best)
-    return rates
+    for _ in range(repeats):  # interleave so that load changes hit all alike
+        for name, run in runs.items():
+            best[name] = max(best[name], run())
+    return best
 
 
 def _fmt(rate: float) -> str:
@@ -143,32 +148,47 @@ def _fmt(rate: float) -> str:
 
 def run(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.torch_threads)
+    cores = os.cpu_count() or 1
     lines = [
         "# Environment throughput",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__} with "
+        f"Machine: {platform.machine()}, {cores} cores (shared), torch {torch.__version__} with "
         f"{torch.get_num_threads()} thread(s), CPU only. Steps/s count single-environment agent steps; "
-        f"each number is the best of {args.repeats} runs.",
+        f"each number is the best of {args.repeats} runs, the runs of all implementations interleaved.",
         "",
         f"## Breakout, {args.breakout_envs} copies, random actions",
         "",
-        "| implementation | steps/s | vs SB3 DummyVecEnv |",
-        "|---|---:|---:|",
+        "CPU ms per step: process CPU time (all threads) per agent step, best run; it does not depend on the "
+        "load from other processes the way steps/s does (n/a: work in other processes).",
+        "",
+        "| implementation | steps/s | vs SB3 DummyVecEnv | CPU ms per step |",
+        "|---|---:|---:|---:|",
     ]
-    notes, breakout = _breakout_rows(args)
+    notes, breakout, cpu_ms = _breakout_rows(args)
     reference = breakout.get("SB3 make_atari_env + DummyVecEnv")
     for name, rate in breakout.items():
         ratio = f"{rate / reference:.2f}x" if reference else "n/a"
-        lines.append(f"| {name} | {_fmt(rate)} | {ratio} |")
+        cpu = cpu_ms[name]
+        lines.append(f"| {name} | {_fmt(rate)} | {ratio} | {'n/a' if cpu is None else f'{cpu:.3f}'} |")
     for name, note in notes:
-        lines.append(f"| {name} | {note} | |")
+        lines.append(f"| {name} | {note} | | |")
     if reference:
-        ratio = breakout["acktr envpool"] / reference
-        verdict = "met" if ratio >= 3.0 else "NOT met"
-        lines += ["", f"Goal envpool >= 3x SB3 DummyVecEnv: {ratio:.2f}x, {verdict}."]
+        speedup = breakout["acktr envpool"] / reference
+        verdict = "met" if speedup >= 3.0 else "NOT met"
+        lines += ["", f"Goal envpool >= 3x SB3 DummyVecEnv: {speedup:.2f}x, {verdict}."]
+        sb3_cpu, envpool_cpu = cpu_ms["SB3 make_atari_env + DummyVecEnv"], cpu_ms["acktr envpool"]
+        if sb3_cpu is not None and envpool_cpu is not None:
+            # SB3's DummyVecEnv runs on one core; envpool at best on all of them, at its own CPU cost per step
+            lines.append(
+                f"Ceiling on this machine: {cores} cores x (SB3 CPU per step / envpool CPU per step) = "
+                f"{cores * sb3_cpu / envpool_cpu:.2f}x, reached only with perfect scaling on idle cores."
+            )
     lines += [
         "",
         "## CartPole, random actions",
+        "",
+        "Tensor path: `make_torch_env(...).step(tensor)`. Actions are drawn before timing for every "
+        "implementation.",
         "",
         "| copies | gymnasium numpy CartPoleVectorEnv | acktr torch (CPU, tensor path) | ratio | "
         "acktr torch via SB3 VecEnv adapter |",
@@ -177,17 +197,19 @@ def run(args: argparse.Namespace) -> str:
     verdict_4096 = None
     for size in args.cartpole_sizes:
         rates = _cartpole_rates(size, args.cartpole_seconds, args.repeats)
-        ratio = rates["acktr torch"] / rates["gymnasium numpy"]
+        torch_vs_numpy = rates["acktr torch"] / rates["gymnasium numpy"]
         if size == 4096:
-            verdict_4096 = ratio
+            verdict_4096 = torch_vs_numpy
         lines.append(
-            f"| {size} | {_fmt(rates['gymnasium numpy'])} | {_fmt(rates['acktr torch'])} | {ratio:.2f}x | "
+            f"| {size} | {_fmt(rates['gymnasium numpy'])} | {_fmt(rates['acktr torch'])} | "
+            f"{torch_vs_numpy:.2f}x | "
             f"{_fmt(rates['acktr torch SB3 adapter'])} |"
         )
     if verdict_4096 is not None:
-        verdict = "met" if verdict_4096 >= 1.0 else "NOT met"
+        cartpole_verdict = "met" if verdict_4096 >= 1.0 else "NOT met"
         lines += [
             "",
-            f"Goal torch CartPole on CPU >= 1.0x numpy at 4096 copies: {verdict_4096:.2f}x, {verdict}.",
+            f"Goal torch CartPole on CPU >= 1.0x numpy at 4096 copies: {verdict_4096:.2f}x, "
+            f"{cartpole_verdict}.",
         ]
     return "\n".join(lines) + "\n"
