@@ -48,14 +48,19 @@ def second_moment(rows: Tensor, *, with_ones: bool, count: int | None = None) ->
         # Few wide rows (a linear layer at small batch): appending the ones column is the cheaper copy.
         padded = torch.cat([rows, rows.new_ones(num_rows, 1)], dim=1)
         return torch.mm(padded.T, padded) / count
-    # Many rows (convolution patches): fill the border of the (d+1)² result instead of copying the rows.
-    result = rows.new_empty((dim + 1, dim + 1))
-    result[:dim, :dim] = rows.T @ rows
-    column_sum = rows.sum(dim=0)
+    # Many rows: fill the border of the (d+1)² result instead of copying the rows.
+    return _with_homogeneous_border(rows.T @ rows, rows.sum(dim=0), num_rows).div_(count)
+
+
+def _with_homogeneous_border(moment: Tensor, column_sum: Tensor, num_rows: int) -> Tensor:
+    """``Σ ā āᵀ`` for ``ā = [a, 1]`` from ``Σ a aᵀ`` ``(d, d)``, ``Σ a`` ``(d,)`` and the row count."""
+    dim = moment.shape[0]
+    result = moment.new_empty((dim + 1, dim + 1))
+    result[:dim, :dim] = moment
     result[:dim, dim] = column_sum
     result[dim, :dim] = column_sum
     result[dim, dim] = num_rows
-    return result.div_(count)
+    return result
 
 
 def patch_second_moment(patches: Tensor, *, with_ones: bool) -> Tensor:
@@ -67,18 +72,12 @@ def patch_second_moment(patches: Tensor, *, with_ones: bool) -> Tensor:
     Returns:
         ``(C*kh*kw + with_ones,)*2``, averaged over the ``B*P`` (example, position) rows.
     """
-    batch, dim, positions = patches.shape
+    batch, _, positions = patches.shape
     count = batch * positions
     moment = torch.bmm(patches, patches.transpose(1, 2)).sum(dim=0)
     if not with_ones:
         return moment.div_(count)
-    result = patches.new_empty((dim + 1, dim + 1))
-    result[:dim, :dim] = moment
-    column_sum = patches.sum(dim=(0, 2))
-    result[:dim, dim] = column_sum
-    result[dim, :dim] = column_sum
-    result[dim, dim] = count
-    return result.div_(count)
+    return _with_homogeneous_border(moment, patches.sum(dim=(0, 2)), count).div_(count)
 
 
 def conv2d_unfold(
@@ -90,26 +89,6 @@ def conv2d_unfold(
 ) -> Tensor:
     """``F.unfold`` of a convolution's input: ``(B, C, H, W)`` → ``(B, C*kh*kw, Oh*Ow)``."""
     return F.unfold(inputs, kernel_size, dilation=dilation, padding=padding, stride=stride)
-
-
-def conv2d_patches(
-    inputs: Tensor,
-    kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-) -> Tensor:
-    """Unfold a convolution's input into one row per (example, output position).
-
-    Args:
-        inputs: ``(B, C, H, W)``.
-
-    Returns:
-        ``(B * Oh * Ow, C * kh * kw)``; the column order matches ``weight.reshape(d_out, -1)``.
-    """
-    patches = conv2d_unfold(inputs, kernel_size, stride, padding, dilation)
-    # (B, C*kh*kw, Oh*Ow) -> (B*Oh*Ow, C*kh*kw)
-    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
 def linear_activation_factor(inputs: Tensor, *, has_bias: bool) -> Tensor:
