@@ -6,6 +6,7 @@ this module adds the constructor and ``train()``. See DESIGN §3 for the maths a
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from typing import Any, ClassVar, TypeVar
@@ -33,6 +34,37 @@ SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 DEFAULT_LEARNING_RATE = LinearSchedule(start=0.25, end=0.0, end_fraction=1.0)
 
 
+def critic_only_parameter_names(policy: ActorCriticPolicy) -> list[str]:
+    """Names of the trainable parameters that only the value head depends on.
+
+    Decided by the autograd graph of one forward pass on a sampled observation: a parameter is critic-only
+    when ``V(s)`` depends on it and the action distribution (``log π(a|s)`` at the mode) does not.
+    This covers custom ``mlp_extractor``s and feature extractors without relying on attribute names; a shared
+    trunk is always left to the actor. The policy's training mode is restored (eval mode during the pass, so
+    batch-norm statistics are not touched).
+    """
+    params = dict((name, p) for name, p in policy.named_parameters() if p.requires_grad)
+    names = list(params)
+    was_training = policy.training
+    policy.set_training_mode(False)
+    try:
+        with th.enable_grad():
+            # a copy of the space and the distribution's mode: no random generator is advanced
+            observation, _ = policy.obs_to_tensor(copy.deepcopy(policy.observation_space).sample())
+            distribution = policy.get_distribution(observation)
+            log_prob = distribution.log_prob(distribution.mode().detach()).sum()
+            actor_grads = th.autograd.grad(log_prob, list(params.values()), allow_unused=True)
+            values = policy.predict_values(observation).sum()
+            critic_grads = th.autograd.grad(values, list(params.values()), allow_unused=True)
+    finally:
+        policy.set_training_mode(was_training)
+    return [
+        name
+        for name, actor_grad, critic_grad in zip(names, actor_grads, critic_grads, strict=True)
+        if actor_grad is None and critic_grad is not None
+    ]
+
+
 class ACKTR(OnPolicyAlgorithm):
     """Actor Critic using Kronecker-Factored Trust Region — a drop-in replacement for SB3's ``A2C``.
 
@@ -58,6 +90,15 @@ class ACKTR(OnPolicyAlgorithm):
     Defaults differ from A2C where ACKTR's published settings do (n_steps 20, ent_coef 0.01).
 
     :param kl_clip: δ, the trust-region bound on the predicted KL of a step (None disables it).
+    :param vf_kl_clip: None (default, the paper's ACKTR): one trust region over actor and critic, so
+        ``Σ⟨Δ, g⟩`` sums over all parameters. A float gives the critic its own trust region, as the original
+        continuous-control ACKTR did (value function kl_clip 0.3): the critic-only parameters (those that only
+        the value head uses — ``value_net``, the critic MLP, ``vf_features_extractor`` when
+        ``share_features_extractor=False``; found by autograd, so never a parameter the actor's distribution
+        depends on) are scaled by ``ν_vf = min(1, sqrt(vf_kl_clip / (η² Σ_vf⟨Δ, g⟩)))``, everything else
+        (actor, shared trunk, ``log_std``) by ``ν = min(1, sqrt(kl_clip / (η² Σ_rest⟨Δ, g⟩)))``. With large
+        returns the value loss otherwise dominates ``Σ⟨Δ, g⟩`` and shrinks the policy step. Logged as
+        ``train/vf_step_scale`` (``train/step_scale`` is then the actor's ν).
     :param damping: λ, Tikhonov damping of the Kronecker factors.
     :param stats_decay: ε of the running averages of the factors (``F ← ε F + (1−ε) F_new``).
     :param momentum: m of the SGD step.
@@ -103,6 +144,7 @@ class ACKTR(OnPolicyAlgorithm):
         _init_setup_model: bool = True,
         *,
         kl_clip: float | None = 1e-3,
+        vf_kl_clip: float | None = None,
         damping: float = 1e-2,
         stats_decay: float = 0.99,
         momentum: float = 0.9,
@@ -151,7 +193,10 @@ class ACKTR(OnPolicyAlgorithm):
         self.normalize_advantage = normalize_advantage
         self.rms_prop_eps = rms_prop_eps
         self.use_rms_prop = use_rms_prop
+        if vf_kl_clip is not None and (isinstance(vf_kl_clip, bool) or not vf_kl_clip > 0):
+            raise ValueError(f"vf_kl_clip must be a positive number or None, got {vf_kl_clip!r}")
         self.kl_clip = kl_clip
+        self.vf_kl_clip = vf_kl_clip
         self.damping = damping
         self.stats_decay = stats_decay
         self.momentum = momentum
@@ -165,6 +210,16 @@ class ACKTR(OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        # Older saved models predate vf_kl_clip; load() restores attributes before calling _setup_model.
+        vf_kl_clip = getattr(self, "vf_kl_clip", None)
+        groups: list[tuple[list[str], float | None]] = []
+        if vf_kl_clip is not None:
+            critic_names = critic_only_parameter_names(self.policy)
+            if not critic_names:
+                raise ValueError(
+                    "vf_kl_clip is set but the policy has no critic-only parameters; use vf_kl_clip=None"
+                )
+            groups.append((critic_names, vf_kl_clip))
         # The policy's own optimizer (Adam/RMSprop by SB3's defaults) is replaced; its state is never used.
         self.policy.optimizer = KFACOptimizer(
             self.policy,
@@ -176,6 +231,7 @@ class ACKTR(OnPolicyAlgorithm):
             factor_decay=self.stats_decay,
             cold_start_updates=self.cold_iter,
             update_inverses_every=self.update_inverses_every,
+            named_trust_region_groups=groups,
             **self.kfac_kwargs,
         )
         _ = self.kfac  # create the preconditioner now, on the policy's device
@@ -247,6 +303,10 @@ class ACKTR(OnPolicyAlgorithm):
         self.logger.record("train/kl", kl.item())
         self.logger.record("train/kl_clip", float("nan") if kfac.kl_clip is None else float(kfac.kl_clip))
         self.logger.record("train/step_scale", 1.0 if info is None else float(info.step_scale.item()))
+        if getattr(self, "vf_kl_clip", None) is not None:
+            self.logger.record("train/vf_kl_clip", float(self.vf_kl_clip))  # type: ignore[arg-type]
+            vf_scale = 1.0 if info is None else float(info.group_step_scales[0].item())
+            self.logger.record("train/vf_step_scale", vf_scale)
         self.logger.record("train/damping", float(kfac.damping))
         self.logger.record("train/eigh_failures", 0 if info is None else int(info.eigh_failures))
         self.logger.record("train/cold_start", int(cold))

@@ -19,7 +19,7 @@ Update rule (OpenAI baselines' ACKTR), with η the group learning rate and m the
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch as th
@@ -37,6 +37,9 @@ class KFACOptimizer(th.optim.Optimizer):
     :param momentum: m.
     :param cold_steps: number of initial plain-gradient steps before preconditioning starts.
     :param cold_lr: step size of the cold steps; None uses the current η (baselines' default).
+    :param named_trust_region_groups: ``[(parameter names, kl_clip), ...]``: separate trust regions, passed to
+        ``KFAC(trust_region_groups=...)`` once the preconditioner is built (names, not tensors, so the
+        optimizer survives ``.to(device)`` and holds nothing unpicklable); other parameters use ``kl_clip``.
     :param kfac_kwargs: passed to ``acktr.curvature.KFAC`` (``kl_clip``, ``damping``, ``factor_decay``,
         ``update_inverses_every``, ``cold_start_updates``, ...).
     """
@@ -49,6 +52,7 @@ class KFACOptimizer(th.optim.Optimizer):
         momentum: float = 0.9,
         cold_steps: int = 0,
         cold_lr: float | None = None,
+        named_trust_region_groups: Sequence[tuple[Sequence[str], float | None]] = (),
         **kfac_kwargs: Any,
     ) -> None:
         if not 0.0 <= momentum < 1.0:
@@ -61,6 +65,14 @@ class KFACOptimizer(th.optim.Optimizer):
         self.cold_steps = cold_steps
         self.cold_lr = cold_lr
         self.kfac_kwargs = kfac_kwargs
+        parameter_names = {name for name, _ in model.named_parameters()}
+        for names, _ in named_trust_region_groups:
+            unknown = sorted(set(names) - parameter_names)
+            if unknown:
+                raise ValueError(
+                    f"KFACOptimizer: trust-region group names {unknown} are not parameters of the model"
+                )
+        self.named_trust_region_groups = [(list(names), kl) for names, kl in named_trust_region_groups]
         self.steps_taken = 0
         self.last_info: Any = None  # acktr.curvature.PreconditionInfo of the last K-FAC step, None when cold
         self._kfac: Any = None
@@ -77,9 +89,14 @@ class KFACOptimizer(th.optim.Optimizer):
 
             kwargs = dict(self.kfac_kwargs)
             warn_unsupported = kwargs.pop("warn_unsupported", True)
+            by_name = dict(self.model.named_parameters())
+            if self.named_trust_region_groups:
+                kwargs["trust_region_groups"] = [
+                    ([by_name[name] for name in names], kl) for names, kl in self.named_trust_region_groups
+                ]
             self._kfac = KFAC(self.model, lr=self.param_groups[0]["lr"], warn_unsupported=False, **kwargs)
             # A policy's state-independent log_std is expected to be uncovered; warn about anything else.
-            names = {id(p): name for name, p in self.model.named_parameters()}
+            names = {id(p): name for name, p in by_name.items()}
             unexpected = [
                 names[id(p)]
                 for p in self._kfac.uncovered_parameters()

@@ -7,6 +7,7 @@ import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -25,6 +26,7 @@ from stable_baselines3.common.envs import (
     SimpleMultiObsEnv,
 )
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecNormalize, VecTransposeImage
 
 from acktr import ACKTR
@@ -197,7 +199,7 @@ def test_max_grad_norm_applies_only_during_cold_start() -> None:
 # ----------------------------------------------------------------------------------- save / load
 
 
-def continuation_differences(workdir: str) -> dict[str, float]:
+def continuation_differences(workdir: str, **acktr_kwargs: Any) -> dict[str, float]:
     """Train N updates, save, load; run one more update on the original, the loaded model and a model with
     the weights but a fresh optimizer. Returns the largest parameter differences to the original."""
     env = make_vec_env("CartPole-v1", n_envs=4, seed=7)
@@ -210,6 +212,7 @@ def continuation_differences(workdir: str) -> dict[str, float]:
         device="cpu",
         cold_iter=2,
         update_inverses_every=3,
+        **acktr_kwargs,
     )
     model.learn(4 * 8 * 4)  # 4 updates: past the cold start, inverses mid-period
     path = os.path.join(workdir, "acktr.zip")
@@ -427,3 +430,137 @@ def test_learns_pendulum() -> None:
         policy_kwargs=dict(log_std_init=-1.0, ortho_init=False),
     )
     assert steps_to_threshold(model, -300.0, 400_000) is not None
+
+
+# ----------------------------------------------------------------------------------- critic trust region
+
+
+class LinearFeatures(BaseFeaturesExtractor):
+    """A features extractor with parameters, to see where they land in the trust-region groups."""
+
+    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 8) -> None:
+        super().__init__(observation_space, features_dim)
+        self.linear = th.nn.Linear(int(np.prod(observation_space.shape)), features_dim)
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return th.tanh(self.linear(observations))
+
+
+def test_vf_kl_clip_groups_only_critic_parameters() -> None:
+    """Critic group = exactly the value head's own parameters; shared trunk and actor stay in the default."""
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    critic_heads = {
+        "mlp_extractor.value_net.0.weight",
+        "mlp_extractor.value_net.0.bias",
+        "mlp_extractor.value_net.2.weight",
+        "mlp_extractor.value_net.2.bias",
+        "value_net.weight",
+        "value_net.bias",
+    }
+    shared = ACKTR(
+        "MlpPolicy",
+        env,
+        vf_kl_clip=0.1,
+        device="cpu",
+        policy_kwargs=dict(features_extractor_class=LinearFeatures),
+    )
+    (shared_names, shared_clip), *rest = shared.policy.optimizer.named_trust_region_groups
+    assert not rest and shared_clip == 0.1
+    assert set(shared_names) == critic_heads  # the shared features_extractor.linear is not the critic's
+
+    separate = ACKTR(
+        "MlpPolicy",
+        env,
+        vf_kl_clip=0.1,
+        device="cpu",
+        policy_kwargs=dict(features_extractor_class=LinearFeatures, share_features_extractor=False),
+    )
+    (separate_names, _), *_ = separate.policy.optimizer.named_trust_region_groups
+    assert set(separate_names) == critic_heads | {
+        "vf_features_extractor.linear.weight",
+        "vf_features_extractor.linear.bias",
+    }
+    # independent check: perturbing the critic group leaves the action distribution unchanged, and changes V
+    obs = th.as_tensor(np.stack([env.observation_space.sample() for _ in range(5)]))
+    with th.no_grad():
+        logits = separate.policy.get_distribution(obs).distribution.logits.clone()
+        values = separate.policy.predict_values(obs).clone()
+        parameters = dict(separate.policy.named_parameters())
+        for name in separate_names:
+            parameters[name].add_(0.5)
+        assert th.equal(separate.policy.get_distribution(obs).distribution.logits, logits)
+        assert not th.allclose(separate.policy.predict_values(obs), values)
+
+    joint = ACKTR("MlpPolicy", env, device="cpu")
+    assert joint.vf_kl_clip is None and joint.policy.optimizer.named_trust_region_groups == []
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="vf_kl_clip"):
+            ACKTR("MlpPolicy", env, vf_kl_clip=bad, device="cpu")
+
+
+def test_vf_kl_clip_step_scales_follow_the_formula() -> None:
+    """ν_vf = min(1, sqrt(δ_vf / (η² Σ_critic⟨Δ, g⟩))) on the critic, ν likewise with δ over the rest, with
+    Δ = F̂⁻¹g from an independent unclipped KFAC loaded with the same curvature state."""
+    env = make_vec_env("Pendulum-v1", n_envs=4, seed=3)  # continuous: log_std is an uncovered actor parameter
+    kl_clip, vf_kl_clip, lr = 1e-3, 0.05, 0.25
+    model = ACKTR(
+        "MlpPolicy",
+        env,
+        n_steps=8,
+        cold_iter=1,
+        learning_rate=lr,
+        kl_clip=kl_clip,
+        vf_kl_clip=vf_kl_clip,
+        seed=3,
+        device="cpu",
+        update_inverses_every=1,
+    )
+    model.learn(4 * 8 * 3)
+    assert "train/vf_step_scale" in model.logger.name_to_value
+    assert model.logger.name_to_value["train/vf_step_scale"] == pytest.approx(
+        float(model.policy.optimizer.last_info.group_step_scales[0])
+    )
+
+    from acktr.curvature import KFAC
+
+    critic = set(model.policy.optimizer.named_trust_region_groups[0][0])
+    named = dict(model.policy.named_parameters())
+    generator = th.Generator().manual_seed(0)
+    raw = {name: th.randn(p.shape, generator=generator) for name, p in named.items()}
+    unclipped = KFAC(
+        model.policy,
+        lr=lr,
+        damping=model.damping,
+        kl_clip=None,
+        update_inverses_every=1,
+        warn_unsupported=False,
+    )
+    unclipped.load_state_dict(model.kfac.state_dict())
+    for name, p in named.items():
+        p.grad = raw[name].clone()
+    unclipped.precondition(lr=lr)
+    natural = {name: p.grad.clone() for name, p in named.items()}
+
+    for name, p in named.items():
+        p.grad = raw[name].clone()
+    info = model.kfac.precondition(lr=lr)
+    dot_critic = sum(float((natural[n] * raw[n]).sum()) for n in critic)
+    dot_rest = sum(float((natural[n] * raw[n]).sum()) for n in named if n not in critic)
+    expected_vf = min(1.0, (vf_kl_clip / (lr**2 * dot_critic)) ** 0.5)
+    expected_actor = min(1.0, (kl_clip / (lr**2 * dot_rest)) ** 0.5)
+    assert expected_vf < 1 and expected_actor < 1 and abs(expected_vf - expected_actor) > 1e-3
+    assert float(info.group_step_scales[0]) == pytest.approx(expected_vf, rel=1e-4)
+    assert float(info.step_scale) == pytest.approx(expected_actor, rel=1e-4)
+    for name, p in named.items():
+        scale = expected_vf if name in critic else expected_actor
+        assert th.allclose(p.grad, scale * natural[name], rtol=1e-4, atol=1e-8), name
+
+
+def test_vf_kl_clip_save_load_continues_exactly(tmp_path: Path) -> None:
+    result = continuation_differences(str(tmp_path), vf_kl_clip=0.2)
+    assert result["state_round_trip_exact"] == 1.0
+    assert result["loaded"] < 1e-6
+    assert result["fresh"] > 1e-4
+    loaded = ACKTR.load(tmp_path / "acktr.zip", device="cpu")
+    assert loaded.vf_kl_clip == 0.2
+    assert [clip for _, clip in loaded.policy.optimizer.named_trust_region_groups] == [0.2]

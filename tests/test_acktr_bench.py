@@ -1,0 +1,80 @@
+"""The sample-efficiency benchmark: zoo loading, censored medians, ratios, threshold stopping."""
+
+from __future__ import annotations
+
+import pytest
+import torch as th
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.utils import LinearSchedule
+from stable_baselines3.common.vec_env import VecNormalize
+
+from acktr import ACKTR
+from acktr.bench.sample_efficiency import (
+    ALGOS,
+    TASKS,
+    RunResult,
+    RunSpec,
+    _median,
+    build_model,
+    format_report,
+    parse_override,
+    steps_to_threshold,
+    zoo_hyperparameters,
+)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("env_id", list(TASKS))
+def test_every_task_has_zoo_hyperparameters(algo: str, env_id: str) -> None:
+    assert isinstance(zoo_hyperparameters(algo, env_id), dict)
+
+
+def test_build_model_converts_zoo_entries() -> None:
+    acrobot = build_model("a2c", "Acrobot-v1", seed=0)
+    assert isinstance(acrobot, A2C) and isinstance(acrobot.get_env(), VecNormalize)  # zoo: normalize: true
+    assert acrobot.n_envs == 16
+    ppo = build_model("ppo", "CartPole-v1", seed=0)
+    assert isinstance(ppo, PPO) and isinstance(ppo.learning_rate, LinearSchedule)  # zoo: lin_0.001
+    assert ppo.learning_rate(1.0) == pytest.approx(1e-3)
+    acktr = build_model("acktr", "CartPole-v1", seed=0, overrides={"kl_clip": 0.05})
+    assert isinstance(acktr, ACKTR) and acktr.kfac.kl_clip == 0.05
+    with pytest.raises(KeyError, match="no ppo zoo hyperparameters for Nope-v0"):
+        zoo_hyperparameters("ppo", "Nope-v0")
+
+
+def test_parse_override_reads_yaml_values() -> None:
+    assert parse_override("CartPole-v1:n_envs=16") == ("CartPole-v1", "n_envs", 16)
+    assert parse_override("Pendulum-v1:policy_kwargs={ortho_init: false}") == (
+        "Pendulum-v1",
+        "policy_kwargs",
+        {"ortho_init": False},
+    )
+    with pytest.raises(SystemExit, match="expects ENV:KEY=VALUE"):
+        parse_override("CartPole-v1")
+
+
+def test_censored_median_and_ratios() -> None:
+    assert _median([100, None, 300], budget=1000) == (300.0, False)
+    assert _median([100, None, None], budget=1000) == (1000.0, True)
+    per_algo: dict[str, list[int | None]] = {
+        "acktr": [100, 200, 300],
+        "a2c": [400, 400, 400],
+        "ppo": [None, None, 50],
+    }
+    results = [
+        RunResult(RunSpec(algo, "CartPole-v1", seed, 475.0, 1000), steps, 1.0)
+        for algo, runs in per_algo.items()
+        for seed, steps in enumerate(runs)
+    ]
+    report = format_report(results, ["CartPole-v1"], ["acktr", "a2c", "ppo"], [0, 1, 2], wall=60.0)
+    assert "| CartPole-v1 | 475 | A2C | 0.4k | 3/3 | 0, 0, 0 | 0.50 |" in report
+    assert "| CartPole-v1 | 475 | PPO | >1k | 1/3 | —, —, 0 | ≤ 0.20 |" in report  # censored: an upper bound
+
+
+def test_steps_to_threshold_stops_at_the_first_crossing() -> None:
+    th.set_num_threads(1)
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, device="cpu")
+    # any policy reaches a 10-episode mean of 5: the first crossing is right after the 10th episode ends
+    steps = steps_to_threshold(model, threshold=5.0, budget=10_000, window=10)
+    assert steps is not None and steps == model.num_timesteps < 10_000
+    assert len(model.ep_info_buffer) == 10  # type: ignore[arg-type]
