@@ -78,3 +78,20 @@ def test_steps_to_threshold_stops_at_the_first_crossing() -> None:
     steps = steps_to_threshold(model, threshold=5.0, budget=10_000, window=10)
     assert steps is not None and steps == model.num_timesteps < 10_000
     assert len(model.ep_info_buffer) == 10  # type: ignore[arg-type]
+
+
+def test_steps_to_threshold_uses_the_horizon_for_schedules_but_stops_at_the_budget() -> None:
+    from stable_baselines3 import A2C
+    from stable_baselines3.common.env_util import make_vec_env
+
+    seen_progress: list[float] = []
+
+    def schedule(progress_remaining: float) -> float:
+        seen_progress.append(progress_remaining)
+        return 7e-4
+
+    model = A2C("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), learning_rate=schedule, seed=0)
+    steps = steps_to_threshold(model, threshold=1e9, budget=400, window=10, horizon=4000)
+    assert steps is None
+    assert 400 <= model.num_timesteps <= 420  # stopped at the budget, not at the horizon
+    assert min(seen_progress) > 0.85  # the schedule spans 4000 steps: ~10% consumed

@@ -138,9 +138,13 @@ def build_model(algo: str, env_id: str, seed: int, overrides: dict[str, Any] | N
     return algo_class(hyper.get("policy", "MlpPolicy"), env, seed=seed, device="cpu", **kwargs)
 
 
-def steps_to_threshold(model: Any, threshold: float, budget: int, window: int = 100) -> int | None:
+def steps_to_threshold(
+    model: Any, threshold: float, budget: int, window: int = 100, horizon: int | None = None
+) -> int | None:
     """Train ``model`` until the mean of its last ``window`` training episodes reaches ``threshold``.
 
+    :param horizon: total steps passed to ``learn()``, i.e. the span of the learning-rate schedule (the zoo's
+        ``n_timesteps``, as rl-zoo would run it); training still stops at ``budget``. Default: ``budget``.
     :return: env steps taken at that moment, or None if not reached within ``budget`` steps.
     """
     from stable_baselines3.common.callbacks import BaseCallback
@@ -153,6 +157,8 @@ def steps_to_threshold(model: Any, threshold: float, budget: int, window: int = 
         def _on_step(self) -> bool:
             episodes = self.model.ep_info_buffer
             assert episodes is not None
+            if self.num_timesteps > budget:
+                return False
             if (
                 len(episodes) >= window
                 and np.mean([info["r"] for info in list(episodes)[-window:]]) >= threshold
@@ -164,8 +170,9 @@ def steps_to_threshold(model: Any, threshold: float, budget: int, window: int = 
     if model.ep_info_buffer is not None and model.ep_info_buffer.maxlen < window:
         raise ValueError(f"stats_window_size must be >= {window} to measure a {window}-episode mean")
     callback = StopAtThreshold()
-    model.learn(budget, callback=callback)
-    return callback.reached_at
+    model.learn(budget if horizon is None else horizon, callback=callback)
+    reached_at = callback.reached_at
+    return reached_at if reached_at is not None and reached_at <= budget else None
 
 
 def run_one(spec: RunSpec) -> RunResult:
@@ -174,7 +181,9 @@ def run_one(spec: RunSpec) -> RunResult:
     th.set_num_threads(1)
     start = time.perf_counter()
     model = build_model(spec.algo, spec.env_id, spec.seed, dict(spec.overrides))
-    steps = steps_to_threshold(model, spec.threshold, spec.budget)
+    # Schedules (lin_*) decay over the zoo's own n_timesteps, as rl-zoo runs them, not over our budget.
+    horizon = int(float(zoo_hyperparameters(spec.algo, spec.env_id).get("n_timesteps", spec.budget)))
+    steps = steps_to_threshold(model, spec.threshold, spec.budget, horizon=horizon)
     return RunResult(spec, steps, time.perf_counter() - start)
 
 
@@ -204,7 +213,10 @@ def format_report(
         f"wall time {wall / 60:.1f} min.",
         f"Versions: stable-baselines3 {stable_baselines3.__version__}, torch {torch.__version__}, "
         f"python {platform.python_version()}, CPU, 1 torch thread per run.",
-        "Hyperparameters: zoo entries (acktr.zoo acktr.yml; rl-zoo3 a2c.yml / ppo.yml). Medians count runs "
+        "Hyperparameters: zoo entries (acktr.zoo acktr.yml; rl-zoo3 a2c.yml / ppo.yml); "
+        "each run's learning-rate schedule spans its own zoo n_timesteps (as rl-zoo runs it) and "
+        "training stops at the budget or at the end of that zoo budget, whichever comes first. "
+        "Medians count runs "
         "that did not reach the threshold at the budget ('>' marks a censored median).",
         "ACKTR overrides of its zoo entry: "
         + (
