@@ -16,7 +16,7 @@ import tempfile
 
 # benchmark name -> (module, one-line description)
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "update": ("acktr.bench.update", "K-FAC update time vs an RMSprop step on SB3's Nature-CNN actor-critic"),
+    "update": ("acktr.bench.update", "ACKTR update time vs SB3 A2C's on the same Nature-CNN batch"),
     "envs": ("acktr.bench.envs", "env steps/s per backend vs SB3 vec envs and gymnasium's numpy envs"),
     "sample-efficiency": (
         "acktr.bench.sample_efficiency",
