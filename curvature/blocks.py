@@ -161,9 +161,7 @@ class KFACBlock:
         inverse = self.activation_inverse is not None and self.gradient_inverse is not None
         return eigen or inverse
 
-    def update_curvature(
-        self, *, method: str, damping: float, decompose: Callable[..., Any] | None = None
-    ) -> None:
+    def update_curvature(self, *, method: str, damping: float) -> None:
         """Refresh the eigendecompositions (``"eigen"``) or damped inverses (``"cholesky"``).
 
         On failure (float32 and float64 both failed) the previous result is kept and
@@ -173,9 +171,8 @@ class KFACBlock:
             return
         assert self.activation_factor is not None and self.gradient_factor is not None
         if method == "eigen":
-            eigh = decompose or kfac_math.safe_eigh
-            activation_eigen = eigh(self.activation_factor)
-            gradient_eigen = eigh(self.gradient_factor)
+            activation_eigen = kfac_math.safe_eigh(self.activation_factor)
+            gradient_eigen = kfac_math.safe_eigh(self.gradient_factor)
             if activation_eigen is None or gradient_eigen is None:
                 self.decomposition_failures += 1
                 return

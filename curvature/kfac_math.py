@@ -138,8 +138,7 @@ def safe_eigh(factor: Tensor, *, dtype: torch.dtype | None = None) -> Eigendecom
 
     Tries ``dtype`` (default: float32, or float64 for a float64 factor), retries in float64 if that
     raises or returns non-finite values, clamps eigenvalues at zero, and returns ``None`` if both
-    attempts fail. Results are cast back to ``factor.dtype``. (``torch.symeig`` is gone;
-    ``torch.linalg.eigh`` is the supported API.)
+    attempts fail. Results are cast back to ``factor.dtype``.
 
     Args:
         factor: ``(d, d)`` symmetric matrix.

@@ -264,7 +264,7 @@ class KFAC:
     def _set_trust_region_groups(self, groups: Sequence[tuple[Iterable[nn.Parameter], float | None]]) -> None:
         """Map every parameter to a trust-region group: 0 is the default group (``kl_clip``)."""
         self._group_kl_clips: list[float | None] = []
-        self._group_of: dict[int, int] = {}
+        group_of: dict[int, int] = {}
         model_ids = {id(p) for p in self.model.parameters()}
         for index, (params, group_kl_clip) in enumerate(groups, start=1):
             if group_kl_clip is not None:
@@ -275,16 +275,19 @@ class KFAC:
                     raise ValueError(
                         "KFAC: trust_region_groups contains a parameter that is not in the model"
                     )
-                if id(param) in self._group_of:
+                if id(param) in group_of:
                     raise ValueError("KFAC: a parameter appears in two trust_region_groups")
-                self._group_of[id(param)] = index
+                group_of[id(param)] = index
         for block in self.blocks:
-            block_groups = {self._group_of.get(id(p), 0) for p in block.parameters()}
+            block_groups = {group_of.get(id(p), 0) for p in block.parameters()}
             if len(block_groups) > 1:
                 raise ValueError(
                     f"KFAC: layer {block.name!r} has parameters in different trust_region_groups; "
                     "put its weight and bias in the same group"
                 )
+        # resolved once: precondition() runs every step
+        self._block_groups = [group_of.get(id(block.parameters()[0]), 0) for block in self.blocks]
+        self._uncovered_groups = [group_of.get(id(p), 0) for p in self._uncovered_parameters]
 
     def _group_kl_clip(self, group: int) -> float | None:
         return self.kl_clip if group == 0 else self._group_kl_clips[group - 1]
@@ -401,14 +404,13 @@ class KFAC:
         group_dots = [torch.zeros((), dtype=torch.float32, device=device) for _ in range(group_count)]
         directions: list[tuple[KFACBlock, Tensor, int]] = []
         without_statistics = []
-        for block in self.blocks:
+        for block, group in zip(self.blocks, self._block_groups, strict=True):
             grad_matrix = block.gradient_matrix()
             if grad_matrix is None:
                 continue
             if not block.has_factors:
                 without_statistics.append(block.name)
             direction = block.natural_gradient(grad_matrix, damping=self.damping)
-            group = self._group_of.get(id(block.parameters()[0]), 0)
             group_dots[group] = (
                 group_dots[group] + (direction * grad_matrix.to(direction.dtype)).sum().float()
             )
@@ -422,10 +424,13 @@ class KFAC:
                 UserWarning,
                 stacklevel=2,
             )
-        uncovered = [p for p in self._uncovered_parameters if p.grad is not None]
-        for param in uncovered:
+        uncovered = [
+            (param, group)
+            for param, group in zip(self._uncovered_parameters, self._uncovered_groups, strict=True)
+            if param.grad is not None
+        ]
+        for param, group in uncovered:
             assert param.grad is not None
-            group = self._group_of.get(id(param), 0)
             group_dots[group] = group_dots[group] + param.grad.float().square().sum()
 
         scales = [
@@ -434,9 +439,9 @@ class KFAC:
         ]
         for block, direction, group in directions:
             block.write_gradient_matrix(direction * scales[group].to(direction.dtype))
-        for param in uncovered:
+        for param, group in uncovered:
             assert param.grad is not None
-            param.grad.mul_(scales[self._group_of.get(id(param), 0)].to(param.grad.dtype))
+            param.grad.mul_(scales[group].to(param.grad.dtype))
         precondition_seconds = time.perf_counter() - start
 
         self.steps += 1

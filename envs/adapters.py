@@ -47,7 +47,20 @@ def _episode_info(episode_return: float, episode_length: int, start_time: float)
 _RUNNING_INFO: dict[str, Any] = {"TimeLimit.truncated": False}  # info of a copy whose episode goes on
 
 
-class _BatchedVecEnv(VecEnv):
+class _HeldActions:
+    """SB3's async step protocol for synchronous backends: ``step_async`` holds the actions."""
+
+    _actions: np.ndarray | None = None
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def _held_actions(self) -> np.ndarray:
+        assert self._actions is not None, "step_async must be called before step_wait"
+        return np.asarray(self._actions)
+
+
+class _BatchedVecEnv(_HeldActions, VecEnv):
     """Shared plumbing for backends that step every copy at once (no per-copy Python env objects)."""
 
     env_id: str
@@ -102,7 +115,6 @@ class TorchVecEnvAdapter(_BatchedVecEnv):
         self.env_id = torch_env.env_id
         self.check_finite = check_finite
         self._render_mode = None
-        self._actions: np.ndarray | None = None
         self._start_time = time.time()
         super().__init__(
             torch_env.num_envs, torch_env.single_observation_space, torch_env.single_action_space
@@ -120,12 +132,8 @@ class TorchVecEnvAdapter(_BatchedVecEnv):
             check_finite_observations(self.env_id, obs)
         return obs
 
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = actions
-
     def step_wait(self) -> VecEnvStepReturn:
-        assert self._actions is not None, "step_async must be called before step_wait"
-        actions = torch.as_tensor(np.asarray(self._actions), device=self.torch_env.device)
+        actions = torch.as_tensor(self._held_actions(), device=self.torch_env.device)
         result = self.torch_env.step(actions)
         obs = result.obs.cpu().numpy()
         rewards = result.reward.to(torch.float32).cpu().numpy()
@@ -193,7 +201,6 @@ class EnvpoolVecEnv(_BatchedVecEnv):
         self._pool_kwargs = pool_kwargs
         self._pool_seed = seed if seed is not None else int(np.random.default_rng().integers(2**31))
         self.pool = self._make_pool(num_envs, self._pool_seed)
-        self._actions: np.ndarray | None = None
         self._start_time = time.time()
         self._episode_return = np.zeros(num_envs, dtype=np.float64)
         self._episode_length = np.zeros(num_envs, dtype=np.int64)
@@ -228,12 +235,8 @@ class EnvpoolVecEnv(_BatchedVecEnv):
             check_finite_observations(self.env_id, obs)
         return obs
 
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = actions
-
     def step_wait(self) -> VecEnvStepReturn:
-        assert self._actions is not None, "step_async must be called before step_wait"
-        actions = np.asarray(self._actions)
+        actions = self._held_actions()
         if self._discrete:
             actions = actions.astype(np.int32, copy=False).reshape(self.num_envs)
         obs, rewards, terminated, truncated, info = self.pool.step(actions)
@@ -291,7 +294,7 @@ def unbatch_info(info: dict[str, Any], index: int) -> dict[str, Any]:
     return single
 
 
-class GymnasiumVectorVecEnv(VecEnv):
+class GymnasiumVectorVecEnv(_HeldActions, VecEnv):
     """SB3 ``VecEnv`` over a gymnasium ``VectorEnv`` built with ``AutoresetMode.SAME_STEP``.
 
     gymnasium's same-step mode already resets finished copies in the step; their last observation is in
@@ -302,7 +305,6 @@ class GymnasiumVectorVecEnv(VecEnv):
 
     def __init__(self, vector_env: gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv) -> None:
         self.vector_env = vector_env
-        self._actions: np.ndarray | None = None
         super().__init__(
             vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space
         )
@@ -315,12 +317,8 @@ class GymnasiumVectorVecEnv(VecEnv):
         self._reset_options()
         return obs
 
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = actions
-
     def step_wait(self) -> VecEnvStepReturn:
-        assert self._actions is not None, "step_async must be called before step_wait"
-        obs, rewards, terminated, truncated, info = self.vector_env.step(self._actions)
+        obs, rewards, terminated, truncated, info = self.vector_env.step(self._held_actions())
         dones = terminated | truncated
         infos: list[dict[str, Any]] = []
         final_obs_mask = info.get("_final_obs")
