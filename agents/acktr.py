@@ -33,6 +33,11 @@ SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 # ACKTR's published learning rate: 0.25, decayed linearly to 0 over training.
 DEFAULT_LEARNING_RATE = LinearSchedule(start=0.25, end=0.0, end_fraction=1.0)
 
+# KL-adaptive learning rate (baselines' acktr_cont): η is divided by 1.5 when the measured KL of a step
+# exceeds twice the target and multiplied by 1.5 when it is below half of it, within these bounds.
+KL_ADAPT_FACTOR = 1.5
+LR_MULTIPLIER_BOUNDS = (1e-3, 1e3)
+
 
 def critic_only_parameter_names(policy: ActorCriticPolicy) -> list[str]:
     """Names of the trainable parameters that only the value head depends on.
@@ -108,6 +113,14 @@ class ACKTR(OnPolicyAlgorithm):
     :param update_inverses_every: refresh the eigendecompositions every this many updates.
     :param kfac_kwargs: further ``acktr.curvature.KFAC`` arguments (``inverse_method``, ``factor_dtype``,
         ``update_factors_every``, ...).
+    :param target_kl: None (default): η follows ``learning_rate`` alone. A float turns on the original
+        continuous-control ACKTR's KL-adaptive step size: after every update the KL actually taken
+        (``train/kl``) is compared with ``target_kl``; above ``2·target_kl`` a multiplier of η is divided by
+        1.5, below ``target_kl/2`` it is multiplied by 1.5 (kept within [1e-3, 1e3]). The step uses
+        ``η = schedule(progress) · multiplier`` (logged as ``train/learning_rate`` and
+        ``train/lr_multiplier``; the multiplier is saved with the model). With ``vf_kl_clip`` the critic keeps
+        the scheduled η (acktr_cont adapted the policy's step only). Unlike PPO's ``target_kl`` it never stops
+        an update early; ``kl_clip`` still bounds every step's predicted KL.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -152,6 +165,7 @@ class ACKTR(OnPolicyAlgorithm):
         vf_fisher_coef: float = 1.0,
         update_inverses_every: int = 10,
         kfac_kwargs: dict[str, Any] | None = None,
+        target_kl: float | None = None,
     ):
         super().__init__(
             policy,
@@ -195,6 +209,10 @@ class ACKTR(OnPolicyAlgorithm):
         self.use_rms_prop = use_rms_prop
         if vf_kl_clip is not None and (isinstance(vf_kl_clip, bool) or not vf_kl_clip > 0):
             raise ValueError(f"vf_kl_clip must be a positive number or None, got {vf_kl_clip!r}")
+        if target_kl is not None and (isinstance(target_kl, bool) or not target_kl > 0):
+            raise ValueError(f"target_kl must be a positive number or None, got {target_kl!r}")
+        self.target_kl = target_kl
+        self.lr_multiplier = 1.0
         self.kl_clip = kl_clip
         self.vf_kl_clip = vf_kl_clip
         self.damping = damping
@@ -241,6 +259,31 @@ class ACKTR(OnPolicyAlgorithm):
         """The ``acktr.curvature.KFAC`` preconditioner of the policy (its state is saved with the model)."""
         optimizer: KFACOptimizer = self.policy.optimizer  # type: ignore[assignment]
         return optimizer.kfac
+
+    def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
+        """SB3's schedule step, times the KL-adaptive multiplier (1 unless ``target_kl`` is set).
+
+        With ``vf_kl_clip`` the critic-only parameters are the optimizer's last param group; as in acktr_cont,
+        whose value function had its own optimizer, the multiplier then adapts the actor's η only.
+        """
+        scheduled = self.lr_schedule(self._current_progress_remaining)
+        actor_lr = scheduled * getattr(self, "lr_multiplier", 1.0)
+        self.logger.record("train/learning_rate", actor_lr)
+        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+            for index, group in enumerate(optimizer.param_groups):
+                group["lr"] = actor_lr if index == 0 else scheduled
+
+    def _adapt_learning_rate(self, kl: float) -> None:
+        """acktr_cont's rule: move η by a factor 1.5 when the measured KL leaves [target/2, 2·target]."""
+        target_kl = getattr(self, "target_kl", None)
+        if target_kl is None or kl != kl:  # no target, or a NaN KL: leave η alone
+            return
+        if kl > 2.0 * target_kl:
+            self.lr_multiplier /= KL_ADAPT_FACTOR
+        elif kl < 0.5 * target_kl:
+            self.lr_multiplier *= KL_ADAPT_FACTOR
+        low, high = LR_MULTIPLIER_BOUNDS
+        self.lr_multiplier = min(max(self.lr_multiplier, low), high)
 
     def train(self) -> None:
         """One ACKTR update on the rollout buffer (a single natural-gradient step over all the data)."""
@@ -301,6 +344,11 @@ class ACKTR(OnPolicyAlgorithm):
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         self.logger.record("train/kl", kl.item())
+        if getattr(self, "target_kl", None) is not None:
+            if not cold:  # cold steps are plain-gradient steps of a fixed size: their KL says nothing about η
+                self._adapt_learning_rate(kl.item())
+            self.logger.record("train/target_kl", float(self.target_kl))  # type: ignore[arg-type]
+            self.logger.record("train/lr_multiplier", self.lr_multiplier)
         self.logger.record("train/kl_clip", float("nan") if kfac.kl_clip is None else float(kfac.kl_clip))
         self.logger.record("train/step_scale", 1.0 if info is None else float(info.step_scale.item()))
         if getattr(self, "vf_kl_clip", None) is not None:

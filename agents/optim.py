@@ -34,6 +34,8 @@ class KFACOptimizer(th.optim.Optimizer):
 
     :param model: the module whose parameters are optimised and whose Linear/Conv2d layers get K-FAC blocks.
     :param lr: η, the initial learning rate (SB3 overwrites ``param_groups[i]["lr"]`` with its schedule).
+        ``param_groups[0]`` holds the parameters outside the named trust-region groups and
+        ``param_groups[1 + i]`` those of group i; each group steps with its own ``"lr"``.
     :param momentum: m.
     :param cold_steps: number of initial plain-gradient steps before preconditioning starts.
     :param cold_lr: step size of the cold steps; None uses the current η (baselines' default).
@@ -59,12 +61,6 @@ class KFACOptimizer(th.optim.Optimizer):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if cold_steps < 0:
             raise ValueError(f"cold_steps must be >= 0, got {cold_steps}")
-        params = [p for p in model.parameters() if p.requires_grad]
-        super().__init__(params, dict(lr=lr, momentum=momentum))
-        self.model = model
-        self.cold_steps = cold_steps
-        self.cold_lr = cold_lr
-        self.kfac_kwargs = kfac_kwargs
         parameter_names = {name for name, _ in model.named_parameters()}
         for names, _ in named_trust_region_groups:
             unknown = sorted(set(names) - parameter_names)
@@ -73,6 +69,21 @@ class KFACOptimizer(th.optim.Optimizer):
                     f"KFACOptimizer: trust-region group names {unknown} are not parameters of the model"
                 )
         self.named_trust_region_groups = [(list(names), kl) for names, kl in named_trust_region_groups]
+        # param_groups[0]: everything outside the named groups; param_groups[1 + i]: trust-region group i, so
+        # each trust region can be stepped with its own learning rate (torch's per-group "lr").
+        grouped = {name for names, _ in self.named_trust_region_groups for name in names}
+        by_name = dict(model.named_parameters())
+        param_groups = [
+            {"params": [p for name, p in by_name.items() if p.requires_grad and name not in grouped]}
+        ] + [
+            {"params": [by_name[name] for name in names if by_name[name].requires_grad]}
+            for names, _ in self.named_trust_region_groups
+        ]
+        super().__init__(param_groups, dict(lr=lr, momentum=momentum))
+        self.model = model
+        self.cold_steps = cold_steps
+        self.cold_lr = cold_lr
+        self.kfac_kwargs = kfac_kwargs
         self.steps_taken = 0
         self.last_info: Any = None  # acktr.curvature.PreconditionInfo of the last K-FAC step, None when cold
         self._kfac: Any = None
@@ -122,19 +133,22 @@ class KFACOptimizer(th.optim.Optimizer):
         if closure is not None:
             with th.enable_grad():
                 loss = closure()
-        lr = self.param_groups[0]["lr"]
-        if self.in_cold_start:
+        cold = self.in_cold_start
+        if cold:
             self.last_info = None
-            step_size = lr if self.cold_lr is None else self.cold_lr
         else:
             if self.steps_taken == self.cold_steps and self.cold_steps > 0:
                 self.state.clear()  # fresh momentum for the K-FAC phase
-            self.last_info = self.kfac.precondition(lr=lr)
-            step_size = None  # per group: η(1 − m)
+            # param_groups[1 + i] is trust-region group i (see __init__)
+            group_lrs = [group["lr"] for group in self.param_groups[1:]] or None
+            self.last_info = self.kfac.precondition(lr=self.param_groups[0]["lr"], group_lrs=group_lrs)
         with th.no_grad():
             for group in self.param_groups:
                 momentum = group["momentum"]
-                group_step = step_size if step_size is not None else group["lr"] * (1.0 - momentum)
+                if cold:
+                    group_step = group["lr"] if self.cold_lr is None else self.cold_lr
+                else:
+                    group_step = group["lr"] * (1.0 - momentum)
                 for param in group["params"]:
                     if param.grad is None:
                         continue

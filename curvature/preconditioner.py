@@ -380,7 +380,9 @@ class KFAC:
         return sum(block.decomposition_failures for block in self.blocks)
 
     @torch.no_grad()
-    def precondition(self, lr: float | None = None) -> PreconditionInfo:
+    def precondition(
+        self, lr: float | None = None, group_lrs: Sequence[float] | None = None
+    ) -> PreconditionInfo:
         """Rewrite every parameter's ``.grad`` with the trust-region-scaled natural gradient.
 
         Blocks: ``Δ = (A ⊗ G + λI)⁻¹ ∇W``; uncovered parameters: ``Δ = g``. Then all are multiplied
@@ -389,8 +391,19 @@ class KFAC:
 
         Args:
             lr: the learning rate η of the step about to be taken (default: ``self.lr``).
+            group_lrs: η of each ``trust_region_groups`` entry, in order, when those parameters are stepped
+                with their own learning rate (default: ``lr`` for every group).
         """
         eta = self.current_lr() if lr is None else float(lr)
+        if group_lrs is None:
+            group_etas = [eta] * (1 + len(self._group_kl_clips))
+        else:
+            if len(group_lrs) != len(self._group_kl_clips):
+                raise ValueError(
+                    f"precondition: group_lrs has {len(group_lrs)} entries but there are "
+                    f"{len(self._group_kl_clips)} trust-region groups"
+                )
+            group_etas = [eta, *(float(value) for value in group_lrs)]
         start = time.perf_counter()
         refresh = self.steps % self.update_inverses_every == 0
         for block in self.blocks:
@@ -434,7 +447,7 @@ class KFAC:
             group_dots[group] = group_dots[group] + param.grad.float().square().sum()
 
         scales = [
-            kfac_math.trust_region_scale(dot, eta, self._group_kl_clip(group))
+            kfac_math.trust_region_scale(dot, group_etas[group], self._group_kl_clip(group))
             for group, dot in enumerate(group_dots)
         ]
         for block, direction, group in directions:
@@ -447,8 +460,11 @@ class KFAC:
         self.steps += 1
         factor_seconds, self._factor_seconds = self._factor_seconds, 0.0
         natural_grad_dot = torch.stack(group_dots).sum()
-        predicted_kl = (eta * eta) * torch.stack(
-            [scale.square() * dot for scale, dot in zip(scales, group_dots, strict=True)]
+        predicted_kl = torch.stack(
+            [
+                (group_eta * group_eta) * scale.square() * dot
+                for group_eta, scale, dot in zip(group_etas, scales, group_dots, strict=True)
+            ]
         ).sum()
         return PreconditionInfo(
             step_scale=scales[0],

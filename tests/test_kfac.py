@@ -511,3 +511,32 @@ def test_trust_region_groups_reject_split_layers_and_foreign_parameters() -> Non
         KFAC(model, trust_region_groups=[([model.critic[0].weight], 0.1)])
     with pytest.raises(ValueError, match="not in the model"):
         KFAC(model, trust_region_groups=[([nn.Parameter(torch.zeros(1))], 0.1)])
+
+
+def test_group_learning_rates_enter_each_group_trust_region() -> None:
+    """With ``group_lrs`` each group's ν uses its own η, and the predicted KL sums η_g² ν_g² ⟨Δ, g⟩_g."""
+    torch.manual_seed(17)
+    model = ActorCritic()
+    x, labels, returns = torch.randn(32, 4), torch.randint(0, 3, (32,)), 5.0 * torch.randn(32)
+    actor_lr, critic_lr, actor_clip, critic_clip = 2.0, 0.05, 1e-3, 1e-3
+    kfac = KFAC(model, kl_clip=actor_clip, trust_region_groups=[(model.critic.parameters(), critic_clip)])
+    with kfac.collect_statistics():
+        logits, values = model(x)
+        critic_fisher = (values - (values + torch.randn_like(values)).detach()).square().mean()
+        (sampled_fisher_loss(logits) + critic_fisher).backward(retain_graph=True)
+    model.zero_grad()
+    (F.cross_entropy(logits, labels) + (values - returns).square().mean()).backward()
+    with pytest.raises(ValueError, match="group_lrs has 2 entries"):
+        kfac.precondition(lr=actor_lr, group_lrs=[0.1, 0.2])
+    info = kfac.precondition(lr=actor_lr, group_lrs=[critic_lr])
+    critic_dot = float(info.group_natural_grad_dots[0])
+    actor_dot = float(info.natural_grad_dot) - critic_dot
+    expected_actor = min(1.0, (actor_clip / (actor_lr**2 * actor_dot)) ** 0.5)
+    expected_critic = min(1.0, (critic_clip / (critic_lr**2 * critic_dot)) ** 0.5)
+    # the same δ, different η: with one shared η both scales would be equal-shaped functions of their dots
+    assert float(info.step_scale) == pytest.approx(expected_actor, rel=1e-3)
+    assert float(info.group_step_scales[0]) == pytest.approx(expected_critic, rel=1e-5)
+    assert expected_actor < 1.0
+    assert float(info.predicted_kl) == pytest.approx(
+        actor_lr**2 * expected_actor**2 * actor_dot + critic_lr**2 * expected_critic**2 * critic_dot, rel=1e-4
+    )

@@ -182,7 +182,8 @@ def run_one(spec: RunSpec) -> RunResult:
     start = time.perf_counter()
     model = build_model(spec.algo, spec.env_id, spec.seed, dict(spec.overrides))
     # Schedules (lin_*) decay over the zoo's own n_timesteps, as rl-zoo runs them, not over our budget.
-    horizon = int(float(zoo_hyperparameters(spec.algo, spec.env_id).get("n_timesteps", spec.budget)))
+    hyperparameters = {**zoo_hyperparameters(spec.algo, spec.env_id), **dict(spec.overrides)}
+    horizon = int(float(hyperparameters.get("n_timesteps", spec.budget)))
     steps = steps_to_threshold(model, spec.threshold, spec.budget, horizon=horizon)
     return RunResult(spec, steps, time.perf_counter() - start)
 
