@@ -263,8 +263,8 @@ class ACKTR(OnPolicyAlgorithm):
     def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
         """SB3's schedule step, times the KL-adaptive multiplier (1 unless ``target_kl`` is set).
 
-        With ``vf_kl_clip`` the critic-only parameters are the optimizer's last param group; as in acktr_cont,
-        whose value function had its own optimizer, the multiplier then adapts the actor's η only.
+        With ``vf_kl_clip`` the critic-only parameters are the optimizer's ``param_groups[1]``; as in
+        acktr_cont, whose value function had its own optimizer, the multiplier then adapts the actor's η only.
         """
         scheduled = self.lr_schedule(self._current_progress_remaining)
         actor_lr = scheduled * getattr(self, "lr_multiplier", 1.0)

@@ -95,3 +95,21 @@ def test_steps_to_threshold_uses_the_horizon_for_schedules_but_stops_at_the_budg
     assert steps is None
     assert 400 <= model.num_timesteps <= 420  # stopped at the budget, not at the horizon
     assert min(seen_progress) > 0.85  # the schedule spans 4000 steps: ~10% consumed
+
+
+def test_run_one_schedules_over_the_overridden_zoo_horizon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``n_timesteps`` override moves the schedule span (the horizon given to learn()), as rl-zoo would."""
+    import acktr.bench.sample_efficiency as bench
+
+    horizons: list[int | None] = []
+
+    def fake_steps_to_threshold(model, threshold, budget, window=100, horizon=None):  # type: ignore[no-untyped-def]
+        horizons.append(horizon)
+        return None
+
+    monkeypatch.setattr(bench, "steps_to_threshold", fake_steps_to_threshold)
+    spec = RunSpec("acktr", "CartPole-v1", 0, 475.0, 1_000)
+    assert bench.run_one(spec).steps is None
+    assert bench.run_one(RunSpec(**{**spec.__dict__, "overrides": (("n_timesteps", 5_000),)})).steps is None
+    zoo_horizon = int(float(zoo_hyperparameters("acktr", "CartPole-v1")["n_timesteps"]))
+    assert horizons == [zoo_horizon, 5_000]

@@ -146,18 +146,18 @@ def test_record_writes_mp4(trained: tuple[Path, str], tmp_path: Path) -> None:
     run_dir, _ = trained
     out = tmp_path / "video.mp4"
     code, printed, err = run_cli(
-        ["record", str(run_dir), "--out", str(out), "--episodes", "100", "--max-frames", "40"]
+        ["record", str(run_dir), "--out", str(out), "--episodes", "100", "--max-frames", "600"]
     )
     assert code == 0, err
     reader = imageio.get_reader(str(out))
     frames = [frame for frame in reader]
     reader.close()
-    assert len(frames) == 40 and frames[0].shape == (400, 600, 3)
+    assert len(frames) == 600 and frames[0].shape == (400, 600, 3)
+    # CartPole episodes end by step 500, so at least one finishes within 600 frames, whatever the policy
     match = re.search(r"wrote .*video.mp4 \((\d+) frames; episode returns: ([\d., ]+)\)", printed)
-    assert match and int(match[1]) == 40, printed
-    assert (
-        sum(float(r) for r in match[2].split(", ")) < 40
-    )  # CartPole: returns = lengths of finished episodes
+    assert match and int(match[1]) == 600, printed
+    returns = [float(r) for r in match[2].split(", ")]
+    assert len(returns) >= 1 and sum(returns) <= 600  # CartPole: returns = lengths of finished episodes
 
 
 @pytest.mark.parametrize("normalize", [False, True])
