@@ -590,7 +590,7 @@ def test_target_kl_adapts_the_actor_learning_rate() -> None:
     critic = set(map(id, groups[1]["params"]))
     named = dict(model.policy.named_parameters())
     assert critic == {id(named[name]) for name in model.policy.optimizer.named_trust_region_groups[0][0]}
-    # the last update ran with the multiplier of the 5 updates before it
+    # the 6th update stepped with the multiplier left by the three K-FAC updates before it
     assert groups[0]["lr"] == pytest.approx(0.2 * 1.5**-3)
     assert groups[1]["lr"] == pytest.approx(0.2)
     assert model.logger.name_to_value["train/lr_multiplier"] == pytest.approx(1.5**-4)
