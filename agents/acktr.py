@@ -275,8 +275,9 @@ class ACKTR(OnPolicyAlgorithm):
 
     def _adapt_learning_rate(self, kl: float) -> None:
         """acktr_cont's rule: move η by a factor 1.5 when the measured KL leaves [target/2, 2·target]."""
-        target_kl = getattr(self, "target_kl", None)
-        if target_kl is None or kl != kl:  # no target, or a NaN KL: leave η alone
+        target_kl = self.target_kl
+        assert target_kl is not None, "called only when target_kl is set"
+        if kl != kl:  # a NaN KL says nothing about η
             return
         if kl > 2.0 * target_kl:
             self.lr_multiplier /= KL_ADAPT_FACTOR

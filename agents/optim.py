@@ -61,9 +61,9 @@ class KFACOptimizer(th.optim.Optimizer):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if cold_steps < 0:
             raise ValueError(f"cold_steps must be >= 0, got {cold_steps}")
-        parameter_names = {name for name, _ in model.named_parameters()}
+        by_name = dict(model.named_parameters())
         for names, _ in named_trust_region_groups:
-            unknown = sorted(set(names) - parameter_names)
+            unknown = sorted(set(names) - by_name.keys())
             if unknown:
                 raise ValueError(
                     f"KFACOptimizer: trust-region group names {unknown} are not parameters of the model"
@@ -72,7 +72,6 @@ class KFACOptimizer(th.optim.Optimizer):
         # param_groups[0]: everything outside the named groups; param_groups[1 + i]: trust-region group i, so
         # each trust region can be stepped with its own learning rate (torch's per-group "lr").
         grouped = {name for names, _ in self.named_trust_region_groups for name in names}
-        by_name = dict(model.named_parameters())
         param_groups = [
             {"params": [p for name, p in by_name.items() if p.requires_grad and name not in grouped]}
         ] + [
