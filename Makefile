@@ -25,9 +25,11 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+## lint: ruff (lint + format check) and mypy over the package sources; CI runs it before the tests
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy acktr agents curvature envs zoo
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

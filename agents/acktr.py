@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
@@ -37,6 +38,76 @@ DEFAULT_LEARNING_RATE = LinearSchedule(start=0.25, end=0.0, end_fraction=1.0)
 # exceeds twice the target and multiplied by 1.5 when it is below half of it, within these bounds.
 KL_ADAPT_FACTOR = 1.5
 LR_MULTIPLIER_BOUNDS = (1e-3, 1e3)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"ACKTR: {name} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _positive_or_none(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if _number(name, value) <= 0:
+        raise ValueError(f"ACKTR: {name} must be a positive number or None, got {value!r}")
+    return float(value)
+
+
+def _positive(name: str, value: Any) -> float:
+    if _number(name, value) <= 0:
+        raise ValueError(f"ACKTR: {name} must be > 0, got {value!r}")
+    return float(value)
+
+
+def _non_negative(name: str, value: Any) -> float:
+    if _number(name, value) < 0:
+        raise ValueError(f"ACKTR: {name} must be >= 0, got {value!r}")
+    return float(value)
+
+
+def _unit_interval(name: str, value: Any) -> float:
+    if not 0.0 <= _number(name, value) < 1.0:
+        raise ValueError(f"ACKTR: {name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _count(minimum: int) -> Callable[[str, Any], int]:
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"ACKTR: {name} must be an int >= {minimum}, got {value!r}")
+        return value
+
+    return check
+
+
+class CurvatureSetting:
+    """An ACKTR hyperparameter that the K-FAC optimizer also uses: one name, validated, live.
+
+    The value is stored in the instance ``__dict__`` under its own name (so SB3's ``save``/``load`` keep it
+    as they keep every attribute); assigning it on a built model validates it and hands it to the optimizer
+    and preconditioner at once, so it takes effect from the next update, or raises when it cannot change.
+    """
+
+    def __init__(self, validate: Callable[[str, Any], Any]) -> None:
+        self.validate = validate
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        try:
+            return instance.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        value = self.validate(self.name, value)
+        instance._apply_curvature_setting(self.name, value)  # raises if a built model cannot take it
+        instance.__dict__[self.name] = value
 
 
 def critic_only_parameter_names(policy: ActorCriticPolicy) -> list[str]:
@@ -68,6 +139,23 @@ def critic_only_parameter_names(policy: ActorCriticPolicy) -> list[str]:
         for name, actor_grad, critic_grad in zip(names, actor_grads, critic_grads, strict=True)
         if actor_grad is None and critic_grad is not None
     ]
+
+
+# ACKTR keywords that are K-FAC settings (kept out of kfac_kwargs so each has exactly one name).
+CURVATURE_SETTINGS: tuple[str, ...] = (
+    "kl_clip",
+    "vf_kl_clip",
+    "damping",
+    "factor_decay",
+    "momentum",
+    "cold_iter",
+    "vf_fisher_coef",
+    "update_inverses_every",
+    "target_kl",
+)
+# kfac_kwargs options that may change on a built model (they take effect at the next update).
+LIVE_KFAC_OPTIONS: tuple[str, ...] = ("inverse_method", "update_factors_every")
+_MISSING = object()
 
 
 class ACKTR(OnPolicyAlgorithm):
@@ -105,7 +193,8 @@ class ACKTR(OnPolicyAlgorithm):
         returns the value loss otherwise dominates ``Σ⟨Δ, g⟩`` and shrinks the policy step. Logged as
         ``train/vf_step_scale`` (``train/step_scale`` is then the actor's ν).
     :param damping: λ, Tikhonov damping of the Kronecker factors.
-    :param stats_decay: ε of the running averages of the factors (``F ← ε F + (1−ε) F_new``).
+    :param factor_decay: ε of the running averages of the factors (``F ← ε F + (1−ε) F_new``; SB2 and
+        baselines called it ``stats_decay``).
     :param momentum: m of the SGD step.
     :param cold_iter: number of initial plain-SGD updates; also the number of statistics updates averaged
         plainly before the running average starts.
@@ -159,7 +248,7 @@ class ACKTR(OnPolicyAlgorithm):
         kl_clip: float | None = 1e-3,
         vf_kl_clip: float | None = None,
         damping: float = 1e-2,
-        stats_decay: float = 0.99,
+        factor_decay: float = 0.99,
         momentum: float = 0.9,
         cold_iter: int = 10,
         vf_fisher_coef: float = 1.0,
@@ -202,31 +291,88 @@ class ACKTR(OnPolicyAlgorithm):
                 UserWarning,
                 stacklevel=2,
             )
-        if cold_iter < 0:
-            raise ValueError(f"cold_iter must be >= 0, got {cold_iter}")
         self.normalize_advantage = normalize_advantage
         self.rms_prop_eps = rms_prop_eps
         self.use_rms_prop = use_rms_prop
-        if vf_kl_clip is not None and (isinstance(vf_kl_clip, bool) or not vf_kl_clip > 0):
-            raise ValueError(f"vf_kl_clip must be a positive number or None, got {vf_kl_clip!r}")
-        if target_kl is not None and (isinstance(target_kl, bool) or not target_kl > 0):
-            raise ValueError(f"target_kl must be a positive number or None, got {target_kl!r}")
         self.target_kl = target_kl
         self.lr_multiplier = 1.0
         self.kl_clip = kl_clip
         self.vf_kl_clip = vf_kl_clip
         self.damping = damping
-        self.stats_decay = stats_decay
+        self.factor_decay = factor_decay
         self.momentum = momentum
         self.cold_iter = cold_iter
         self.vf_fisher_coef = vf_fisher_coef
         self.update_inverses_every = update_inverses_every
         self.kfac_kwargs = dict(kfac_kwargs or {})
+        overlap = sorted(set(self.kfac_kwargs) & set(CURVATURE_SETTINGS))
+        if overlap:
+            raise ValueError(
+                f"ACKTR: pass {', '.join(overlap)} as ACKTR keyword(s), not inside kfac_kwargs "
+                f"(e.g. ACKTR(..., {overlap[0]}=...))"
+            )
 
         if _init_setup_model:
             self._setup_model()
 
+    # The K-FAC hyperparameters: one name each from here to the curvature module, live on a built model.
+    kl_clip = CurvatureSetting(_positive_or_none)
+    vf_kl_clip = CurvatureSetting(_positive_or_none)
+    damping = CurvatureSetting(_positive)
+    factor_decay = CurvatureSetting(_unit_interval)
+    momentum = CurvatureSetting(_unit_interval)
+    cold_iter = CurvatureSetting(_count(0))
+    vf_fisher_coef = CurvatureSetting(_non_negative)
+    update_inverses_every = CurvatureSetting(_count(1))
+    target_kl = CurvatureSetting(_positive_or_none)
+
+    def _apply_curvature_setting(self, name: str, value: Any) -> None:
+        """Hand a changed hyperparameter to the built optimizer/preconditioner (no-op before set-up)."""
+        policy = self.__dict__.get("policy")
+        optimizer = getattr(policy, "optimizer", None)
+        if not isinstance(optimizer, KFACOptimizer):
+            return  # not built yet: _setup_model reads the attributes
+        if name in ("kl_clip", "damping", "factor_decay", "update_inverses_every"):
+            setattr(optimizer.kfac, name, value)
+        elif name in ("momentum", "cold_iter"):
+            setattr(optimizer, name, value)
+        elif name == "vf_kl_clip":
+            has_group = bool(optimizer.named_trust_region_groups)
+            if has_group != (value is not None):
+                raise ValueError(
+                    "ACKTR: vf_kl_clip cannot switch between None and a number on a built model (it decides "
+                    "which parameters form the critic's trust region); pass it to the constructor instead"
+                )
+            if value is not None:
+                optimizer.kfac.group_kl_clips = [value]
+        # vf_fisher_coef and target_kl are read by train() at every update
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "kfac_kwargs" and isinstance(self.__dict__.get("policy"), ActorCriticPolicy):
+            self._apply_kfac_kwargs(value)
+        super().__setattr__(name, value)
+        if name == "learning_rate" and "lr_schedule" in self.__dict__:
+            self._setup_lr_schedule()  # a new learning rate takes effect at the next update
+
+    def _apply_kfac_kwargs(self, kfac_kwargs: Any) -> None:
+        """``model.kfac_kwargs = {...}`` on a built model: apply what can change, refuse the rest."""
+        if not isinstance(kfac_kwargs, dict):
+            raise TypeError(f"ACKTR: kfac_kwargs must be a dict, got {type(kfac_kwargs).__name__}")
+        current = self.__dict__.get("kfac_kwargs", {})
+        kfac = self.kfac
+        for key, value in kfac_kwargs.items():
+            if key in LIVE_KFAC_OPTIONS:
+                setattr(kfac, key, value)
+            elif current.get(key, _MISSING) != value:
+                raise ValueError(
+                    f"ACKTR: kfac_kwargs[{key!r}] cannot change on a built model (only "
+                    f"{', '.join(LIVE_KFAC_OPTIONS)} can); build a new model with it"
+                )
+
     def _setup_model(self) -> None:
+        # Models saved before the rename stored the factor decay as "stats_decay".
+        if "stats_decay" in self.__dict__:
+            self.__dict__["factor_decay"] = self.__dict__.pop("stats_decay")
         super()._setup_model()
         # Older saved models predate vf_kl_clip; load() restores attributes before calling _setup_model.
         vf_kl_clip = getattr(self, "vf_kl_clip", None)
@@ -243,11 +389,10 @@ class ACKTR(OnPolicyAlgorithm):
             self.policy,
             lr=self.lr_schedule(1.0),
             momentum=self.momentum,
-            cold_steps=self.cold_iter,
+            cold_iter=self.cold_iter,
             kl_clip=self.kl_clip,
             damping=self.damping,
-            factor_decay=self.stats_decay,
-            cold_start_updates=self.cold_iter,
+            factor_decay=self.factor_decay,
             update_inverses_every=self.update_inverses_every,
             named_trust_region_groups=groups,
             **self.kfac_kwargs,

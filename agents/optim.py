@@ -8,7 +8,7 @@ what makes a saved-and-reloaded run continue exactly like an uninterrupted one.
 
 Update rule (OpenAI baselines' ACKTR), with η the group learning rate and m the momentum:
 
-- cold start (the first ``cold_steps`` steps): ``buf ← m·buf + g``, ``θ ← θ − η_cold·buf`` on the plain
+- cold start (the first ``cold_iter`` steps): ``buf ← m·buf + g``, ``θ ← θ − η_cold·buf`` on the plain
   gradient (baselines' cold SGD; the caller clips the gradient), while the statistics already accumulate;
 - afterwards: ``u = ν·F̂⁻¹g`` from ``kfac.precondition(lr=η)`` (ν the trust-region scale), then
   ``buf ← m·buf + u``, ``θ ← θ − η(1−m)·buf``. The momentum buffer is reset when the K-FAC phase starts, as
@@ -37,13 +37,15 @@ class KFACOptimizer(th.optim.Optimizer):
         ``param_groups[0]`` holds the parameters outside the named trust-region groups and
         ``param_groups[1 + i]`` those of group i; each group steps with its own ``"lr"``.
     :param momentum: m.
-    :param cold_steps: number of initial plain-gradient steps before preconditioning starts.
+    :param cold_iter: the cold start (baselines' ``cold_iter``): the first ``cold_iter`` steps are
+        plain-gradient steps, and ``KFAC`` averages the statistics of its first ``cold_iter`` updates
+        plainly (the same value is passed on as ``KFAC(cold_iter=...)``).
     :param cold_lr: step size of the cold steps; None uses the current η (baselines' default).
     :param named_trust_region_groups: ``[(parameter names, kl_clip), ...]``: separate trust regions, passed to
         ``KFAC(trust_region_groups=...)`` once the preconditioner is built (names, not tensors, so the
         optimizer survives ``.to(device)`` and holds nothing unpicklable); other parameters use ``kl_clip``.
     :param kfac_kwargs: passed to ``acktr.curvature.KFAC`` (``kl_clip``, ``damping``, ``factor_decay``,
-        ``update_inverses_every``, ``cold_start_updates``, ...).
+        ``update_inverses_every``, ``inverse_method``, ...).
     """
 
     def __init__(
@@ -52,15 +54,15 @@ class KFACOptimizer(th.optim.Optimizer):
         lr: float = 0.25,
         *,
         momentum: float = 0.9,
-        cold_steps: int = 0,
+        cold_iter: int = 0,
         cold_lr: float | None = None,
         named_trust_region_groups: Sequence[tuple[Sequence[str], float | None]] = (),
         **kfac_kwargs: Any,
     ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if cold_steps < 0:
-            raise ValueError(f"cold_steps must be >= 0, got {cold_steps}")
+        if isinstance(cold_iter, bool) or not isinstance(cold_iter, int) or cold_iter < 0:
+            raise ValueError(f"cold_iter must be an int >= 0, got {cold_iter!r}")
         by_name = dict(model.named_parameters())
         for names, _ in named_trust_region_groups:
             unknown = sorted(set(names) - by_name.keys())
@@ -80,7 +82,7 @@ class KFACOptimizer(th.optim.Optimizer):
         ]
         super().__init__(param_groups, dict(lr=lr, momentum=momentum))
         self.model = model
-        self.cold_steps = cold_steps
+        self._cold_iter = cold_iter
         self.cold_lr = cold_lr
         self.kfac_kwargs = kfac_kwargs
         self.steps_taken = 0
@@ -104,7 +106,13 @@ class KFACOptimizer(th.optim.Optimizer):
                 kwargs["trust_region_groups"] = [
                     ([by_name[name] for name in names], kl) for names, kl in self.named_trust_region_groups
                 ]
-            self._kfac = KFAC(self.model, lr=self.param_groups[0]["lr"], warn_unsupported=False, **kwargs)
+            self._kfac = KFAC(
+                self.model,
+                lr=self.param_groups[0]["lr"],
+                cold_iter=self._cold_iter,
+                warn_unsupported=False,
+                **kwargs,
+            )
             # A policy's state-independent log_std is expected to be uncovered; warn about anything else.
             names = {id(p): name for name, p in by_name.items()}
             unexpected = [
@@ -122,9 +130,34 @@ class KFACOptimizer(th.optim.Optimizer):
         return self._kfac
 
     @property
+    def cold_iter(self) -> int:
+        """Length of the cold start (plain-gradient steps; plain factor averaging in ``kfac``)."""
+        return self._cold_iter
+
+    @cold_iter.setter
+    def cold_iter(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"cold_iter must be an int >= 0, got {value!r}")
+        self._cold_iter = value
+        if self._kfac is not None:
+            self._kfac.cold_iter = value
+
+    @property
+    def momentum(self) -> float:
+        """m of every parameter group (assigning sets it for all groups, from the next step)."""
+        return float(self.param_groups[0]["momentum"])
+
+    @momentum.setter
+    def momentum(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {value!r}")
+        for group in self.param_groups:
+            group["momentum"] = float(value)
+
+    @property
     def in_cold_start(self) -> bool:
         """True while the next ``step()`` is a plain-gradient cold step."""
-        return self.steps_taken < self.cold_steps
+        return self.steps_taken < self._cold_iter
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Precondition ``p.grad`` in place (unless cold) and take one momentum step."""
@@ -136,7 +169,7 @@ class KFACOptimizer(th.optim.Optimizer):
         if cold:
             self.last_info = None
         else:
-            if self.steps_taken == self.cold_steps and self.cold_steps > 0:
+            if self.steps_taken == self._cold_iter and self._cold_iter > 0:
                 self.state.clear()  # fresh momentum for the K-FAC phase
             # param_groups[1 + i] is trust-region group i (see __init__)
             group_lrs = [group["lr"] for group in self.param_groups[1:]] or None

@@ -17,7 +17,7 @@ Differences from ``acktr.ACKTR`` proper:
   order of 0.01–0.25 (the KL trust region then bounds each step). Pass ``learning_rate`` explicitly.
 - ``max_grad_norm`` clipping is applied by SB3 before every step, not only during a cold start. When the trust
   region is active the step does not depend on the gradient's scale, so clipping then changes nothing.
-- No cold start by default (``kfac_kwargs=dict(cold_steps=...)`` enables it).
+- No cold start by default (``kfac_kwargs=dict(cold_iter=...)`` enables it).
 - PPO takes many minibatch steps per rollout: the statistics are refreshed on every minibatch, and the KL
   bound holds per step, not per rollout (PPO's clipping still applies on top).
 - ``optimizer_class`` / ``optimizer_kwargs`` (which SB3's ``A2C`` fills with RMSprop by default) are ignored.
@@ -87,7 +87,7 @@ class KFACActorCriticPolicy(_KFACPolicyMixin, ActorCriticPolicy):
     Accepts every ``ActorCriticPolicy`` argument plus:
 
     :param kfac_kwargs: ``KFACOptimizer``/``KFAC`` settings overriding ``DEFAULT_POLICY_KFAC_KWARGS``
-        (``kl_clip``, ``damping``, ``momentum``, ``factor_decay``, ``update_inverses_every``, ``cold_steps``).
+        (``kl_clip``, ``damping``, ``momentum``, ``factor_decay``, ``update_inverses_every``, ``cold_iter``).
     :param vf_fisher_coef: weight of the critic term in the sampled Fisher loss.
     """
 

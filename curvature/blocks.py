@@ -161,6 +161,11 @@ class KFACBlock:
         inverse = self.activation_inverse is not None and self.gradient_inverse is not None
         return eigen or inverse
 
+    def clear_curvature(self) -> None:
+        """Drop the decompositions/inverses: the next ``precondition`` recomputes them from the factors."""
+        self.activation_eigen = self.gradient_eigen = None
+        self.activation_inverse = self.gradient_inverse = None
+
     def update_curvature(self, *, method: str, damping: float) -> None:
         """Refresh the eigendecompositions (``"eigen"``) or damped inverses (``"cholesky"``).
 

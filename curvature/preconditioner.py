@@ -117,8 +117,8 @@ class KFAC:
         kl_clip: trust-region size δ; ``None`` disables step scaling.
         update_factors_every: collect statistics on every n-th :meth:`collect_statistics` block.
         update_inverses_every: refresh decompositions on every n-th :meth:`precondition` call.
-        cold_start_updates: plain (equal-weight) averaging of the first n statistics updates, then
-            exponential averaging with ``factor_decay``.
+        cold_iter: the cold start: plain (equal-weight) averaging of the first ``cold_iter`` statistics
+            updates, then exponential averaging with ``factor_decay`` (baselines' ``cold_iter``).
         inverse_method: ``"eigen"`` (exact Tikhonov damping via eigendecompositions; the default) or
             ``"cholesky"`` (factored π-damping with Cholesky inverses, cheaper to refresh).
         factor_dtype: dtype of factors and decompositions; default float32 (float64 for float64 models).
@@ -142,7 +142,7 @@ class KFAC:
         kl_clip: float | None = 1e-3,
         update_factors_every: int = 1,
         update_inverses_every: int = 10,
-        cold_start_updates: int = 10,
+        cold_iter: int = 10,
         inverse_method: str = "eigen",
         factor_dtype: torch.dtype | None = None,
         modules: Iterable[nn.Module] | None = None,
@@ -155,24 +155,20 @@ class KFAC:
         if not callable(lr):
             _check_positive_number("lr", lr, allow_zero=True)
         self.lr = lr
+        # Hyperparameters are validated properties: changing one between steps takes effect at the next.
         self.damping = damping
         self.kl_clip = kl_clip
         self.factor_decay = factor_decay
-        if not 0.0 <= _check_positive_number("factor_decay", factor_decay, allow_zero=True) < 1.0:
-            raise ValueError(f"KFAC: factor_decay must be in [0, 1), got {factor_decay!r}")
-        self.update_factors_every = _check_positive_int("update_factors_every", update_factors_every)
-        self.update_inverses_every = _check_positive_int("update_inverses_every", update_inverses_every)
-        self.cold_start_updates = _check_positive_int(
-            "cold_start_updates", cold_start_updates, allow_zero=True
-        )
-        if inverse_method not in INVERSE_METHODS:
-            raise ValueError(f"KFAC: inverse_method must be one of {INVERSE_METHODS}, got {inverse_method!r}")
+        self.update_factors_every = update_factors_every
+        self.update_inverses_every = update_inverses_every
+        self.cold_iter = cold_iter
         self.inverse_method = inverse_method
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"KFAC: loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
         self.loss_reduction = loss_reduction
 
         self.model = model
+        self._group_kl_clips: list[float | None] = []
         self.blocks: list[KFACBlock] = self._make_blocks(model, modules, factor_dtype, warn_unsupported)
         covered = {id(p) for block in self.blocks for p in block.parameters()}
         self._uncovered_parameters = [p for p in model.parameters() if id(p) not in covered]
@@ -191,7 +187,12 @@ class KFAC:
 
     @damping.setter
     def damping(self, value: float) -> None:
-        self._damping = _check_positive_number("damping", value)
+        damping = _check_positive_number("damping", value)
+        if getattr(self, "_damping", damping) != damping and self.inverse_method == "cholesky":
+            # factored damping is baked into the Cholesky inverses: recompute them at the next step
+            for block in self.blocks:
+                block.clear_curvature()
+        self._damping = damping
 
     @property
     def kl_clip(self) -> float | None:
@@ -200,6 +201,72 @@ class KFAC:
     @kl_clip.setter
     def kl_clip(self, value: float | None) -> None:
         self._kl_clip = None if value is None else _check_positive_number("kl_clip", value)
+
+    @property
+    def factor_decay(self) -> float:
+        return self._factor_decay
+
+    @factor_decay.setter
+    def factor_decay(self, value: float) -> None:
+        if not 0.0 <= _check_positive_number("factor_decay", value, allow_zero=True) < 1.0:
+            raise ValueError(f"KFAC: factor_decay must be in [0, 1), got {value!r}")
+        self._factor_decay = float(value)
+
+    @property
+    def update_factors_every(self) -> int:
+        return self._update_factors_every
+
+    @update_factors_every.setter
+    def update_factors_every(self, value: int) -> None:
+        self._update_factors_every = _check_positive_int("update_factors_every", value)
+
+    @property
+    def update_inverses_every(self) -> int:
+        return self._update_inverses_every
+
+    @update_inverses_every.setter
+    def update_inverses_every(self, value: int) -> None:
+        self._update_inverses_every = _check_positive_int("update_inverses_every", value)
+
+    @property
+    def cold_iter(self) -> int:
+        return self._cold_iter
+
+    @cold_iter.setter
+    def cold_iter(self, value: int) -> None:
+        self._cold_iter = _check_positive_int("cold_iter", value, allow_zero=True)
+
+    @property
+    def inverse_method(self) -> str:
+        return self._inverse_method
+
+    @inverse_method.setter
+    def inverse_method(self, value: str) -> None:
+        if value not in INVERSE_METHODS:
+            raise ValueError(f"KFAC: inverse_method must be one of {INVERSE_METHODS}, got {value!r}")
+        if getattr(self, "_inverse_method", value) != value:
+            # the held decompositions/inverses belong to the old method: refresh at the next step
+            for block in getattr(self, "blocks", ()):
+                block.clear_curvature()
+        self._inverse_method = value
+
+    @property
+    def group_kl_clips(self) -> list[float | None]:
+        """δ of each ``trust_region_groups`` entry, in order (assign a list of the same length to change)."""
+        return list(self._group_kl_clips)
+
+    @group_kl_clips.setter
+    def group_kl_clips(self, values: Sequence[float | None]) -> None:
+        values = list(values)
+        if len(values) != len(self._group_kl_clips):
+            raise ValueError(
+                f"KFAC: group_kl_clips needs {len(self._group_kl_clips)} entries (one per trust-region "
+                f"group), got {len(values)}"
+            )
+        self._group_kl_clips = [
+            None if value is None else _check_positive_number("trust_region_groups kl_clip", value)
+            for value in values
+        ]
 
     def current_lr(self) -> float:
         return float(self.lr()) if callable(self.lr) else float(self.lr)
@@ -263,7 +330,7 @@ class KFAC:
 
     def _set_trust_region_groups(self, groups: Sequence[tuple[Iterable[nn.Parameter], float | None]]) -> None:
         """Map every parameter to a trust-region group: 0 is the default group (``kl_clip``)."""
-        self._group_kl_clips: list[float | None] = []
+        self._group_kl_clips = []
         group_of: dict[int, int] = {}
         model_ids = {id(p) for p in self.model.parameters()}
         for index, (params, group_kl_clip) in enumerate(groups, start=1):
@@ -364,7 +431,7 @@ class KFAC:
                 continue
             updates = block.statistics_updates
             decay = self.factor_decay
-            if updates < self.cold_start_updates:
+            if updates < self.cold_iter:
                 decay = min(decay, updates / (updates + 1))  # plain average during the cold start
             block.update_factors(*pending, decay=decay)
         self._factor_seconds += time.perf_counter() - start

@@ -111,7 +111,7 @@ def test_use_rms_prop_and_optimizer_class_warn() -> None:
         ACKTR("MlpPolicy", "CartPole-v1", use_rms_prop=True, device="cpu")
     with pytest.warns(UserWarning, match="replaces policy_kwargs"):
         ACKTR("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_class=th.optim.Adam), device="cpu")
-    with pytest.raises(ValueError, match="cold_iter must be >= 0"):
+    with pytest.raises(ValueError, match="cold_iter must be an int >= 0"):
         ACKTR("MlpPolicy", "CartPole-v1", cold_iter=-1, device="cpu")
 
 
@@ -123,9 +123,9 @@ def test_defaults_follow_acktr_paper() -> None:
     assert model.lr_schedule(0.0) == pytest.approx(0.0)
     kfac = model.kfac
     assert kfac.kl_clip == 1e-3 and kfac.damping == 1e-2 and kfac.factor_decay == 0.99
-    assert kfac.cold_start_updates == 10
+    assert kfac.cold_iter == 10
     assert isinstance(model.policy.optimizer, KFACOptimizer)
-    assert model.policy.optimizer.cold_steps == 10
+    assert model.policy.optimizer.cold_iter == 10
     assert model.policy.optimizer.param_groups[0]["momentum"] == 0.9
     # every Linear layer of actor and critic has a block
     n_linear = sum(isinstance(m, th.nn.Linear) for m in model.policy.modules())
@@ -226,7 +226,7 @@ def continuation_differences(workdir: str, **acktr_kwargs: Any) -> dict[str, flo
     saved, restored = model.policy.optimizer.state_dict(), loaded.policy.optimizer.state_dict()
     state_round_trip_exact = float(_nested_equal(saved, restored))
     fresh_state.policy.optimizer = KFACOptimizer(  # same weights, curvature and momentum state lost
-        fresh_state.policy, lr=0.1, momentum=0.9, cold_steps=2, update_inverses_every=3
+        fresh_state.policy, lr=0.1, momentum=0.9, cold_iter=2, update_inverses_every=3
     )
     for candidate in (model, loaded, fresh_state):
         th.manual_seed(99)
@@ -609,3 +609,96 @@ def test_target_kl_multiplier_survives_save_load(tmp_path: Path) -> None:
     loaded = ACKTR.load(tmp_path / "adaptive.zip", device="cpu")
     assert loaded.target_kl == 1e-9
     assert loaded.lr_multiplier == model.lr_multiplier
+
+
+# ------------------------------------------------------------------------- one name, live hyperparameters
+
+
+def test_curvature_settings_have_one_name_from_constructor_to_kfac() -> None:
+    model = ACKTR(
+        "MlpPolicy",
+        "CartPole-v1",
+        kl_clip=0.003,
+        damping=0.05,
+        factor_decay=0.9,
+        momentum=0.3,
+        cold_iter=2,
+        update_inverses_every=4,
+        device="cpu",
+    )
+    optimizer = model.policy.optimizer
+    assert isinstance(optimizer, KFACOptimizer)
+    kfac = model.kfac
+    for name, value in dict(kl_clip=0.003, damping=0.05, factor_decay=0.9, update_inverses_every=4).items():
+        assert getattr(kfac, name) == getattr(model, name) == value
+    assert optimizer.momentum == model.momentum == 0.3
+    assert optimizer.cold_iter == kfac.cold_iter == model.cold_iter == 2
+    with pytest.raises(TypeError):
+        ACKTR("MlpPolicy", "CartPole-v1", stats_decay=0.9, device="cpu")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="not inside kfac_kwargs"):
+        ACKTR("MlpPolicy", "CartPole-v1", kfac_kwargs=dict(damping=0.1), device="cpu")
+
+
+def test_setting_a_curvature_hyperparameter_on_a_built_model_takes_effect(tmp_path: Path) -> None:
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=4, cold_iter=0, device="cpu", seed=0)
+    model.kl_clip = 0.002
+    model.damping = 0.2
+    model.factor_decay = 0.5
+    model.momentum = 0.0
+    model.update_inverses_every = 3
+    model.cold_iter = 1
+    model.learning_rate = 0.05
+    kfac = model.kfac
+    assert (kfac.kl_clip, kfac.damping, kfac.factor_decay, kfac.update_inverses_every) == (0.002, 0.2, 0.5, 3)
+    assert model.policy.optimizer.momentum == 0.0 and kfac.cold_iter == 1
+    assert model.lr_schedule(1.0) == pytest.approx(0.05)
+    model.learn(16)
+    logged = model.logger.name_to_value
+    assert logged["train/kl_clip"] == pytest.approx(0.002) and logged["train/damping"] == pytest.approx(0.2)
+    assert logged["train/learning_rate"] == pytest.approx(0.05)
+    # the step really uses the new kl_clip: the predicted KL of a clipped step is kl_clip
+    info = model.policy.optimizer.last_info
+    assert info is not None
+    if info.step_scale.item() < 1.0:
+        assert info.predicted_kl.item() == pytest.approx(0.002, rel=1e-4)
+    # and it survives save/load
+    model.save(tmp_path / "model.zip")
+    loaded = ACKTR.load(tmp_path / "model.zip", device="cpu")
+    assert loaded.kfac.kl_clip == loaded.kl_clip == 0.002
+    assert loaded.kfac.damping == 0.2 and loaded.policy.optimizer.momentum == 0.0
+
+
+def test_bad_or_impossible_settings_on_a_built_model_raise_and_change_nothing() -> None:
+    model = ACKTR("MlpPolicy", "CartPole-v1", device="cpu")
+    with pytest.raises(ValueError, match="damping must be > 0"):
+        model.damping = -1.0
+    with pytest.raises(TypeError, match="kl_clip must be a number"):
+        model.kl_clip = "big"
+    with pytest.raises(ValueError, match="factor_decay must be in"):
+        model.factor_decay = 1.0
+    with pytest.raises(ValueError, match="cold_iter must be an int"):
+        model.cold_iter = 1.5
+    assert model.damping == model.kfac.damping == 0.01 and model.kl_clip == model.kfac.kl_clip == 1e-3
+    with pytest.raises(ValueError, match="vf_kl_clip cannot switch"):
+        model.vf_kl_clip = 0.1
+    assert model.vf_kl_clip is None
+    grouped = ACKTR("MlpPolicy", "CartPole-v1", vf_kl_clip=0.1, device="cpu")
+    grouped.vf_kl_clip = 0.3
+    assert grouped.kfac.group_kl_clips == [0.3]
+    with pytest.raises(ValueError, match="vf_kl_clip cannot switch"):
+        grouped.vf_kl_clip = None
+    # kfac_kwargs: what the preconditioner can change applies, the rest is refused
+    model.kfac_kwargs = {"inverse_method": "cholesky"}
+    assert model.kfac.inverse_method == "cholesky"
+    with pytest.raises(ValueError, match="cannot change on a built model"):
+        model.kfac_kwargs = {"factor_dtype": th.float64}
+
+
+def test_models_saved_with_stats_decay_load_as_factor_decay(tmp_path: Path) -> None:
+    model = ACKTR("MlpPolicy", "CartPole-v1", factor_decay=0.95, device="cpu")
+    del model.__dict__["factor_decay"]
+    model.__dict__["stats_decay"] = 0.95  # what models saved before the rename hold
+    model.save(tmp_path / "old.zip")
+    loaded = ACKTR.load(tmp_path / "old.zip", device="cpu")
+    assert loaded.factor_decay == loaded.kfac.factor_decay == 0.95
+    assert "stats_decay" not in loaded.__dict__

@@ -163,9 +163,7 @@ def test_kfac_optimizer_step_matches_dense_kronecker_solve() -> None:
     damping, lr, momentum = 0.05, 0.3, 0.9
     a_factor, g_factor = dense_natural_gradient(layer, x.double(), damping)
 
-    optimizer = KFACOptimizer(
-        layer, lr=lr, momentum=momentum, kl_clip=None, damping=damping, cold_start_updates=5
-    )
+    optimizer = KFACOptimizer(layer, lr=lr, momentum=momentum, kl_clip=None, damping=damping, cold_iter=0)
     before = th.cat([layer.weight.detach(), layer.bias.detach()[:, None]], dim=1).clone()
     th.manual_seed(123)
     with optimizer.kfac.collect_statistics():
@@ -188,10 +186,10 @@ def test_kfac_optimizer_step_matches_dense_kronecker_solve() -> None:
     assert optimizer.last_info is not None and optimizer.last_info.step_scale.item() == 1.0
 
 
-def test_kfac_optimizer_cold_steps_then_fresh_momentum() -> None:
+def test_kfac_optimizer_cold_iter_then_fresh_momentum() -> None:
     th.manual_seed(0)
     layer = nn.Linear(2, 2)
-    optimizer = KFACOptimizer(layer, lr=0.1, momentum=0.5, cold_steps=2, kl_clip=None)
+    optimizer = KFACOptimizer(layer, lr=0.1, momentum=0.5, cold_iter=2, kl_clip=None)
     x = th.randn(16, 2)
 
     def one_step() -> th.Tensor:
@@ -221,5 +219,5 @@ def test_kfac_optimizer_cold_steps_then_fresh_momentum() -> None:
 def test_kfac_optimizer_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="momentum must be in"):
         KFACOptimizer(nn.Linear(2, 2), momentum=1.0)
-    with pytest.raises(ValueError, match="cold_steps must be >= 0"):
-        KFACOptimizer(nn.Linear(2, 2), cold_steps=-1)
+    with pytest.raises(ValueError, match="cold_iter must be an int >= 0"):
+        KFACOptimizer(nn.Linear(2, 2), cold_iter=-1)

@@ -125,7 +125,7 @@ def test_lr_override_and_callable_lr() -> None:
 
 def test_state_dict_round_trip_is_bit_identical() -> None:
     model, x, labels = make_problem(3)
-    kfac = KFAC(model, update_inverses_every=2, cold_start_updates=2, warn_unsupported=False)
+    kfac = KFAC(model, update_inverses_every=2, cold_iter=2, warn_unsupported=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     generator = torch.Generator().manual_seed(5)
     for _ in range(3):
@@ -143,9 +143,7 @@ def test_state_dict_round_trip_is_bit_identical() -> None:
     saved = torch.load(buffer, weights_only=True)
     restored_model, _, _ = make_problem(99)  # different init: everything must come from the checkpoint
     restored_model.load_state_dict(saved["model"])
-    restored_kfac = KFAC(
-        restored_model, update_inverses_every=2, cold_start_updates=2, warn_unsupported=False
-    )
+    restored_kfac = KFAC(restored_model, update_inverses_every=2, cold_iter=2, warn_unsupported=False)
     restored_kfac.load_state_dict(saved["kfac"])
     restored_optimizer = torch.optim.SGD(restored_model.parameters(), lr=0.05, momentum=0.9)
     restored_optimizer.load_state_dict(saved["optimizer"])
@@ -265,7 +263,7 @@ def test_hooks_exist_only_inside_collect_statistics() -> None:
 
 def test_cold_start_averages_plainly_then_decays() -> None:
     layer = nn.Linear(2, 1, bias=False)
-    kfac = KFAC(layer, factor_decay=0.9, cold_start_updates=2)
+    kfac = KFAC(layer, factor_decay=0.9, cold_iter=2)
     seen = []
     for value in (1.0, 3.0, 5.0, 7.0):
         x = torch.full((1, 2), value)
@@ -317,6 +315,37 @@ def test_bfloat16_model_keeps_float32_factors() -> None:
 def test_bad_hyperparameters_give_clear_errors(kwargs, error, match) -> None:
     with pytest.raises(error, match=match):
         KFAC(nn.Linear(2, 2), **kwargs)
+
+
+def test_hyperparameters_set_between_steps_are_validated_and_used() -> None:
+    model, x, labels = make_problem()
+    kfac = KFAC(model, inverse_method="cholesky", kl_clip=None, warn_unsupported=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    one_update(model, kfac, optimizer, x, labels)
+    first_inverse = kfac.blocks[0].activation_inverse
+    assert first_inverse is not None
+    # damping is baked into the Cholesky inverses: a new value recomputes them at the next step
+    kfac.damping = 0.5
+    assert kfac.blocks[0].activation_inverse is None
+    one_update(model, kfac, optimizer, x, labels)
+    assert kfac.blocks[0].activation_inverse is not None
+    assert not torch.equal(kfac.blocks[0].activation_inverse, first_inverse)
+    # switching the method drops the old inverses and decomposes with the new one at the next step
+    kfac.inverse_method = "eigen"
+    one_update(model, kfac, optimizer, x, labels)
+    assert kfac.blocks[0].activation_eigen is not None and kfac.blocks[0].activation_inverse is None
+    for name, value, error in (
+        ("damping", 0.0, ValueError),
+        ("factor_decay", 1.0, ValueError),
+        ("cold_iter", -1, ValueError),
+        ("update_inverses_every", 2.0, TypeError),
+        ("inverse_method", "svd", ValueError),
+        ("kl_clip", "0.1", TypeError),
+    ):
+        before = getattr(kfac, name)
+        with pytest.raises(error):
+            setattr(kfac, name, value)
+        assert getattr(kfac, name) == before
 
 
 def test_models_without_supported_layers_and_nested_blocks_are_errors() -> None:

@@ -146,10 +146,10 @@ def test_policy_kwargs_reach_the_optimizer() -> None:
         KFACActorCriticPolicy,
         "CartPole-v1",
         device="cpu",
-        policy_kwargs=dict(kfac_kwargs=dict(kl_clip=0.02, damping=0.1, cold_steps=3), vf_fisher_coef=0.5),
+        policy_kwargs=dict(kfac_kwargs=dict(kl_clip=0.02, damping=0.1, cold_iter=3), vf_fisher_coef=0.5),
     )
     optimizer = kfac_optimizer(model)
-    assert optimizer.kfac.kl_clip == 0.02 and optimizer.kfac.damping == 0.1 and optimizer.cold_steps == 3
+    assert optimizer.kfac.kl_clip == 0.02 and optimizer.kfac.damping == 0.1 and optimizer.cold_iter == 3
     assert model.policy.vf_fisher_coef == 0.5
     assert model.policy._get_constructor_parameters()["kfac_kwargs"]["kl_clip"] == 0.02
 
