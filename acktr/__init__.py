@@ -3,6 +3,8 @@
 Public API (imported lazily so that ``import acktr`` stays cheap and the CLI starts fast)::
 
     from acktr import ACKTR, KFAC, make_env
+
+The agents exported here are the ``ours`` entries of the algorithm registry (:mod:`acktr.algorithms`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it (agents come from the registry, below)
 _EXPORTS: dict[str, str] = {
     "KFAC": "acktr.curvature",
-    "ACKTR": "acktr.agents",
     "KFACActorCriticPolicy": "acktr.agents",
     "KFACActorCriticCnnPolicy": "acktr.agents",
     "KFACMultiInputActorCriticPolicy": "acktr.agents",
@@ -23,11 +24,15 @@ _EXPORTS: dict[str, str] = {
     "register_with_rl_zoo": "acktr.zoo_integration",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+
+def _agent_exports() -> dict[str, str]:
+    from acktr.algorithms import our_algorithms
+
+    return {spec.class_name: spec.module for spec in our_algorithms()}
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
+    module_name = _EXPORTS.get(name) or _agent_exports().get(name)
     if module_name is None:
         raise AttributeError(f"module 'acktr' has no attribute {name!r}")
     value = getattr(importlib.import_module(module_name), name)
@@ -36,4 +41,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted(["__version__", *_EXPORTS, *_agent_exports()])
+
+
+__all__ = ["__version__", *_EXPORTS, *_agent_exports()]

@@ -6,16 +6,19 @@ evaluation = evaluate_target("runs/acktr/CartPole-v1_1", episodes=10, determinis
 
 from __future__ import annotations
 
-import copy
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecNormalize
 
-from acktr.config import UserError
+from acktr.errors import UserError
+from acktr.factory import EVAL_SEED_OFFSET, evaluation_env, load_model, set_threads
+from acktr.progress import say
+from acktr.run_config import RunConfig, bare_config, with_env
 from acktr.runs import (
     BEST_MODEL_NAME,
     BEST_VECNORMALIZE_NAME,
@@ -27,6 +30,7 @@ from acktr.runs import (
 )
 
 MAX_EVAL_ENVS = 8
+QUIET_SECONDS = 10.0  # an announced evaluation reports finished episodes once it has taken this long
 
 
 @dataclass
@@ -34,7 +38,7 @@ class Located:
     """A model to load: its file, the run's config (None for a bare zip) and its VecNormalize stats."""
 
     model: Path
-    config: dict[str, Any] | None
+    config: RunConfig | None
     vecnormalize: Path | None
 
 
@@ -74,7 +78,8 @@ def locate(target: str | Path, best: bool = False) -> Located:
     elif not path.exists():
         raise UserError(f"{path} does not exist; pass a run folder (runs/<algo>/<Env>_<N>) or a model .zip")
     run_dir = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
-    config = read_yaml(run_dir / CONFIG_NAME) if (run_dir / CONFIG_NAME).is_file() else None
+    config_path = run_dir / CONFIG_NAME
+    config = RunConfig.from_dict(read_yaml(config_path), config_path) if config_path.is_file() else None
     return Located(path, config, _stats_for(path))
 
 
@@ -89,77 +94,60 @@ def _stats_for(model: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def bare_config(algo: str | None, env: str | None, device: str) -> dict[str, Any]:
-    """A minimal run config for a model zip without a run folder (needs --env)."""
-    from acktr.envs import is_atari, resolve_env_id
-
-    if env is None:
-        raise UserError("this model has no config.yml next to it; pass --env ENV (and --algo if not acktr)")
-    try:
-        env_id = resolve_env_id(env)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    return {
-        "algo": algo or "acktr",
-        "env_id": env_id,
-        "atari": is_atari(env_id),
-        "seed": 0,
-        "device": device,
-        "backend": "auto",
-        "hyperparams": {},
-    }
-
-
-def eval_env_for(
-    config: dict[str, Any],
-    n_envs: int,
-    seed: int,
-    vecnormalize: VecNormalize | Path | None,
-    render_mode: str | None = None,
-) -> VecEnv:
-    """Evaluation env: full games, raw rewards, frozen observation statistics when the run normalised."""
-    from acktr.train import make_vec_env
-
-    venv = make_vec_env(config, n_envs, seed, training=False, render_mode=render_mode)
-    if isinstance(vecnormalize, Path):
-        try:
-            venv = VecNormalize.load(str(vecnormalize), venv)
-        except Exception as error:
+def check_spaces(model: Any, venv: Any, config: RunConfig) -> None:
+    """UserError when the env's spaces are not the ones the model was trained on."""
+    wrapped = model._wrap_env(venv, verbose=0, monitor_wrapper=False)  # SB3's channel-first transposition
+    for kind in ("observation_space", "action_space"):
+        expected, got = getattr(model, kind), getattr(wrapped, kind)
+        if expected is not None and expected != got:
             raise UserError(
-                f"cannot load {vecnormalize} ({error.__class__.__name__}); delete or restore it"
-            ) from None
-        venv.training, venv.norm_reward = False, False
-    elif vecnormalize is not None:
-        normalized = VecNormalize(venv, training=False, norm_reward=False)
-        normalized.obs_rms = copy.deepcopy(vecnormalize.obs_rms)
-        normalized.clip_obs, normalized.epsilon = vecnormalize.clip_obs, vecnormalize.epsilon
-        normalized.norm_obs = vecnormalize.norm_obs
-        venv = normalized
-    return venv
+                f"the model's {kind.replace('_', ' ')} {expected} differs from {config.env_id}'s {got}; "
+                "evaluate it on the env it was trained on (--env)"
+            )
 
 
 def evaluate_model(
     model: Any,
-    config: dict[str, Any],
+    config: RunConfig,
     episodes: int,
     deterministic: bool | None = None,
     vecnormalize: VecNormalize | Path | None = None,
     seed: int | None = None,
+    announce: bool = False,
 ) -> Evaluation:
-    """Play ``episodes`` whole episodes and collect the unclipped returns (``info["episode"]``)."""
-    from acktr.train import EVAL_SEED_OFFSET
+    """Play ``episodes`` whole episodes and collect the unclipped returns (``info["episode"]``).
 
+    ``announce``: print a line before starting and, once it has run for a while (long Atari games), one
+    line per finished episode, so a long evaluation is never silent.
+    """
     if episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {episodes}")
     if deterministic is None:
-        deterministic = not config.get(
-            "atari", False
-        )  # Atari policies are evaluated stochastically (zoo practice)
-    seed = int(config.get("seed", 0)) + EVAL_SEED_OFFSET if seed is None else seed
-    venv = eval_env_for(config, min(episodes, MAX_EVAL_ENVS), seed, vecnormalize)
+        deterministic = not config.atari  # Atari policies are evaluated stochastically (zoo practice)
+    seed = config.seed + EVAL_SEED_OFFSET if seed is None else seed
+    venv = evaluation_env(config, min(episodes, MAX_EVAL_ENVS), seed, vecnormalize)
+    mode = "deterministic" if deterministic else "stochastic"
+    started = time.perf_counter()
+    finished = 0
+
+    def report(local_vars: dict[str, Any], _globals: dict[str, Any]) -> None:
+        nonlocal finished
+        done = len(local_vars.get("episode_rewards", ()))
+        if done > finished and time.perf_counter() - started > QUIET_SECONDS:
+            say(f"  evaluation episode {done}/{episodes} done")
+        finished = done
+
+    if announce:
+        say(f"evaluating {episodes} episodes ({mode} actions) ...")
     try:
+        check_spaces(model, venv, config)
         returns, lengths = evaluate_policy(
-            model, venv, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True
+            model,
+            venv,
+            n_eval_episodes=episodes,
+            deterministic=deterministic,
+            return_episode_rewards=True,
+            callback=report if announce else None,
         )
     finally:
         venv.close()
@@ -175,16 +163,20 @@ def evaluate_target(
     device: str = "auto",
     best: bool = False,
     seed: int | None = None,
+    threads: int | None = None,
 ) -> Evaluation:
     """``acktr eval``: locate, load and evaluate a run folder or model zip."""
-    from acktr.train import load_model
-
     located = locate(target, best=best)
     config = located.config if located.config is not None else bare_config(algo, env, device)
+    if env is not None:
+        config = with_env(config, env)  # checked against the model's spaces below
     if algo is not None:
-        config = {**config, "algo": algo}
-    model = load_model(config["algo"], located.model, device=device)
+        config.algo = algo
+    model = load_model(config.algo, located.model, device=device)
+    if config.policy is None:
+        config.policy = type(model.policy).__name__  # decides the thread default (CNN or not)
+    set_threads(config, threads)
     return evaluate_model(model, config, episodes, deterministic, located.vecnormalize, seed)
 
 
-__all__ = ["Evaluation", "Located", "eval_env_for", "evaluate_model", "evaluate_target", "locate"]
+__all__ = ["Evaluation", "Located", "check_spaces", "evaluate_model", "evaluate_target", "locate"]

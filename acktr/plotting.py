@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from acktr.config import UserError
+from acktr.errors import UserError
 from acktr.runs import CONFIG_NAME, MONITOR_NAME, read_monitor, read_yaml
 
 GRID_POINTS = 200

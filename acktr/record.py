@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from acktr.config import UserError
+from acktr.errors import UserError
+from acktr.evaluate import check_spaces, locate
+from acktr.factory import EVAL_SEED_OFFSET, evaluation_env, load_model, set_threads
+from acktr.run_config import bare_config, with_env
 
 ATARI_FPS = 15  # the console runs at 60 frames/s and the agent acts (and we render) every 4th frame
 
@@ -22,6 +27,20 @@ def _fps(venv: Any, atari: bool) -> int:
     return int(metadata.get("render_fps") or 30)
 
 
+def _choose_gl_backend(env_id: str) -> None:
+    """MuJoCo renders through OpenGL: without a display, pick an offscreen backend (EGL, else OSMesa)."""
+    if os.environ.get("MUJOCO_GL") or os.environ.get("DISPLAY"):
+        return
+    import gymnasium as gym
+
+    try:
+        entry_point = str(gym.spec(env_id).entry_point)
+    except gym.error.Error:
+        return
+    if ".mujoco." in entry_point:
+        os.environ["MUJOCO_GL"] = "egl"  # read by mujoco when the env is created below
+
+
 def record(
     target: str | Path,
     episodes: int = 1,
@@ -34,6 +53,7 @@ def record(
     max_frames: int = 10_000,
     best: bool = False,
     seed: int | None = None,
+    threads: int | None = None,
 ) -> tuple[Path, int, list[float]]:
     """Play ``episodes`` episodes and write them to ``out`` (default: the model path with ``.mp4``).
 
@@ -41,34 +61,45 @@ def record(
     """
     import imageio.v2 as imageio
 
-    from acktr.evaluate import bare_config, eval_env_for, locate
-    from acktr.train import EVAL_SEED_OFFSET, load_model
-
     if episodes < 1 or max_frames < 1:
         raise UserError("--episodes and --max-frames must be >= 1")
+    if fps is not None and fps < 1:
+        raise UserError(f"--fps must be >= 1, got {fps}")
     located = locate(target, best=best)
     config = located.config if located.config is not None else bare_config(algo, env, device)
+    if env is not None:
+        config = with_env(config, env)  # checked against the model's spaces below
     if algo is not None:
-        config = {**config, "algo": algo}
+        config.algo = algo
     out_path = Path(out) if out is not None else located.model.with_suffix(".mp4")
     if out_path.suffix.lower() != ".mp4":
         raise UserError(f"--out {out_path}: the video is written as mp4; give a file name ending in .mp4")
-    model = load_model(config["algo"], located.model, device=device)
-    env_seed = int(config.get("seed", 0)) + EVAL_SEED_OFFSET if seed is None else seed
-    venv = eval_env_for(config, 1, env_seed, located.vecnormalize, render_mode="rgb_array")
+    model = load_model(config.algo, located.model, device=device)
+    if config.policy is None:
+        config.policy = type(model.policy).__name__
+    set_threads(config, threads)
+    env_seed = config.seed + EVAL_SEED_OFFSET if seed is None else seed
+    _choose_gl_backend(config.env_id)
+    venv = evaluation_env(config, 1, env_seed, located.vecnormalize, render_mode="rgb_array")
     returns: list[float] = []
     frames = 0
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = out_path.with_name(f".{out_path.stem}.tmp.mp4")
     try:
-        writer = imageio.get_writer(
-            str(tmp_path), fps=fps or _fps(venv, bool(config.get("atari"))), macro_block_size=2
-        )
+        check_spaces(model, venv, config)
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            writer = imageio.get_writer(
+                str(tmp_path), fps=fps or _fps(venv, config.atari), macro_block_size=2
+            )
+        except OSError as error:
+            raise UserError(
+                f"cannot write {out_path} ({error.strerror or error}); pick another --out"
+            ) from None
         try:
             obs = venv.reset()
             frame = venv.render()
             if frame is None:
-                raise UserError(f"{config['env_id']} returned no rgb_array frame; it cannot be recorded")
+                raise UserError(f"{config.env_id} returned no rgb_array frame; it cannot be recorded")
             writer.append_data(np.asarray(frame, dtype=np.uint8))
             frames += 1
             while len(returns) < episodes and frames < max_frames:
@@ -83,7 +114,8 @@ def record(
             writer.close()
         tmp_path.replace(out_path)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder of --out is not a folder: already reported
+            tmp_path.unlink(missing_ok=True)
         venv.close()
     return out_path, frames, returns
 

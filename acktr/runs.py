@@ -7,7 +7,8 @@ Layout of ``runs/<algo>/<Env>_<N>/``::
                             are normalised
     best_model.zip          best evaluation so far (with best_vecnormalize.pkl) when evaluation is on
     checkpoints/latest.yml  the commit record of the newest checkpoint: its step and file names
-    checkpoints/step_<N>.zip (+ step_<N>_vecnormalize.pkl)
+    checkpoints/step_<N>.zip (+ step_<N>_vecnormalize.pkl): the newest ``keep_checkpoints`` of them
+                            (config.yml; 2 by default, 0 keeps all), older ones are deleted
     monitor.csv             one row per finished episode: unclipped return r, length l, time t, env step
     tb/                     TensorBoard events
 
@@ -32,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from acktr.config import UserError
+from acktr.errors import UserError
 
 CONFIG_NAME = "config.yml"
 MODEL_NAME = "model.zip"
@@ -160,7 +161,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``checkpoints/step_<step>.zip`` (+ VecNormalize stats), then commit it in ``latest.yml``.
 
-    Older checkpoints beyond the newest ``keep`` are deleted after the commit.
+    Older checkpoints beyond the newest ``keep`` are deleted after the commit (``keep=0`` keeps all).
     """
     model_path = paths.checkpoints / f"step_{step}.zip"
     atomic_save_model(model, model_path)
@@ -226,9 +227,11 @@ class MonitorLog:
         self._writer.writerow([round(float(episode_return), 6), int(length), elapsed, int(step)])
         self.rows += 1
 
-    def flush(self) -> None:
+    def flush(self, sync: bool = True) -> None:
+        """Hand the rows to the OS (readers see them); ``sync`` also forces them to disk (checkpoints)."""
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if sync:
+            os.fsync(self._handle.fileno())
 
     def close(self) -> None:
         if not self._handle.closed:

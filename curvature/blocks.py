@@ -98,6 +98,11 @@ class KFACBlock:
         """The layer's current gradient as ``(d_out, d_in')``, or ``None`` if it has none."""
         raise NotImplementedError
 
+    def factor_dims(self) -> tuple[int, int]:
+        """``(d_in', d_out)``: the sizes of ``A`` and ``G`` (from the weight; ``d_in'`` counts the bias)."""
+        weight = self.parameters()[0]
+        return weight[0].numel() + len(self.parameters()) - 1, weight.shape[0]
+
     def write_gradient_matrix(self, matrix: Tensor) -> None:
         """Write a ``(d_out, d_in')`` matrix back into the parameters' ``.grad``."""
         raise NotImplementedError

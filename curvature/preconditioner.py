@@ -30,6 +30,8 @@ from acktr.curvature import kfac_math
 from acktr.curvature.blocks import INVERSE_METHODS, KFACBlock, block_class_for
 
 LOSS_REDUCTIONS = ("mean", "sum")
+# Largest Kronecker factor side covered by default: 8192² floats are 268 MB (eigendecomposition: minutes).
+DEFAULT_MAX_FACTOR_DIM = 8192
 STATE_VERSION = 1
 
 
@@ -126,6 +128,9 @@ class KFAC:
         loss_reduction: ``"mean"`` if the statistics loss is a mean over the batch (backprop gradients are
             multiplied by the batch size to recover per-example gradients), ``"sum"`` otherwise.
         warn_unsupported: emit the warning about uncovered modules.
+        max_factor_dim: refuse (ValueError naming the layer) a layer whose ``A`` or ``G`` would be larger than
+            ``max_factor_dim × max_factor_dim`` (e.g. a Linear layer over raw image pixels: 27,649² floats
+            are 3 GB, and their eigendecomposition takes hours). None: no limit.
         trust_region_groups: ``[(parameters, kl_clip), ...]``: each group of parameters gets its own
             trust region ``ν_k = min(1, sqrt(kl_clip_k / (η² Σ_{p∈k}⟨Δ, g⟩)))`` (e.g. a separate critic, as
             in ACKTR's continuous-control setup); all other parameters share ``kl_clip``. A layer's weight
@@ -149,6 +154,7 @@ class KFAC:
         loss_reduction: str = "mean",
         warn_unsupported: bool = True,
         trust_region_groups: Sequence[tuple[Iterable[nn.Parameter], float | None]] = (),
+        max_factor_dim: int | None = DEFAULT_MAX_FACTOR_DIM,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"KFAC: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -169,7 +175,11 @@ class KFAC:
 
         self.model = model
         self._group_kl_clips: list[float | None] = []
+        if max_factor_dim is not None:
+            _check_positive_int("max_factor_dim", max_factor_dim)
         self.blocks: list[KFACBlock] = self._make_blocks(model, modules, factor_dtype, warn_unsupported)
+        if max_factor_dim is not None:
+            self._check_factor_sizes(max_factor_dim)
         covered = {id(p) for block in self.blocks for p in block.parameters()}
         self._uncovered_parameters = [p for p in model.parameters() if id(p) not in covered]
         self._set_trust_region_groups(trust_region_groups)
@@ -327,6 +337,21 @@ class KFAC:
                 stacklevel=3,
             )
         return blocks
+
+    def _check_factor_sizes(self, max_factor_dim: int) -> None:
+        for block in self.blocks:
+            activation_dim, gradient_dim = block.factor_dims()
+            if max(activation_dim, gradient_dim) > max_factor_dim:
+                dim = max(activation_dim, gradient_dim)
+                gigabytes = dim * dim * 4 / 1e9
+                kind = type(block.module).__name__
+                layer = f"{block.name!r} ({kind}, factors {activation_dim}² and {gradient_dim}²)"
+                raise ValueError(
+                    f"KFAC: layer {layer} needs a {dim}×{dim} Kronecker factor ({gigabytes:.1f} GB in "
+                    f"float32, plus its decomposition), above max_factor_dim={max_factor_dim}; for image "
+                    "observations use a CNN policy (CnnPolicy), or leave the layer out with "
+                    "KFAC(modules=...), or raise max_factor_dim"
+                )
 
     def _set_trust_region_groups(self, groups: Sequence[tuple[Iterable[nn.Parameter], float | None]]) -> None:
         """Map every parameter to a trust-region group: 0 is the default group (``kl_clip``)."""

@@ -1,4 +1,4 @@
-"""The sample-efficiency benchmark: zoo loading, censored medians, ratios, threshold stopping."""
+"""The sample-efficiency benchmark: runs built by the run factory, censored medians, ratios, stopping."""
 
 from __future__ import annotations
 
@@ -18,36 +18,38 @@ from acktr.bench.sample_efficiency import (
     build_model,
     format_report,
     parse_override,
+    run_config,
     steps_to_threshold,
-    zoo_hyperparameters,
 )
+from acktr.zoo import load_zoo
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("env_id", list(TASKS))
-def test_every_task_has_zoo_hyperparameters(algo: str, env_id: str) -> None:
-    assert isinstance(zoo_hyperparameters(algo, env_id), dict)
+def test_every_task_has_its_own_zoo_entry(algo: str, env_id: str) -> None:
+    assert run_config(algo, env_id, seed=0).zoo_entry == env_id
 
 
-def test_build_model_converts_zoo_entries() -> None:
+def test_runs_are_built_as_acktr_train_builds_them() -> None:
+    """The benchmark's models come from the run factory: same backend, normalisation and settings."""
+    from acktr.envs import TorchVecEnvAdapter
+
     acrobot = build_model("a2c", "Acrobot-v1", seed=0)
     assert isinstance(acrobot, A2C) and isinstance(acrobot.get_env(), VecNormalize)  # zoo: normalize: true
-    assert acrobot.n_envs == 16
+    assert acrobot.n_envs == 16 and isinstance(acrobot.get_env().venv, TorchVecEnvAdapter)  # torch backend
     ppo = build_model("ppo", "CartPole-v1", seed=0)
     assert isinstance(ppo, PPO) and isinstance(ppo.learning_rate, LinearSchedule)  # zoo: lin_0.001
     assert ppo.learning_rate(1.0) == pytest.approx(1e-3)
-    acktr = build_model("acktr", "CartPole-v1", seed=0, overrides={"kl_clip": 0.05})
+    acktr = build_model("acktr", "CartPole-v1", seed=0, overrides=("kl_clip=0.05",))
     assert isinstance(acktr, ACKTR) and acktr.kfac.kl_clip == 0.05
-    with pytest.raises(KeyError, match="no ppo zoo hyperparameters for Nope-v0"):
-        zoo_hyperparameters("ppo", "Nope-v0")
+    assert acktr.n_envs == load_zoo("acktr")["CartPole-v1"]["n_envs"]
 
 
-def test_parse_override_reads_yaml_values() -> None:
-    assert parse_override("CartPole-v1:n_envs=16") == ("CartPole-v1", "n_envs", 16)
+def test_parse_override_keeps_the_assignment_for_the_factory() -> None:
+    assert parse_override("CartPole-v1:n_envs=16") == ("CartPole-v1", "n_envs=16")
     assert parse_override("Pendulum-v1:policy_kwargs={ortho_init: false}") == (
         "Pendulum-v1",
-        "policy_kwargs",
-        {"ortho_init": False},
+        "policy_kwargs={ortho_init: false}",
     )
     with pytest.raises(SystemExit, match="expects ENV:KEY=VALUE"):
         parse_override("CartPole-v1")
@@ -110,6 +112,6 @@ def test_run_one_schedules_over_the_overridden_zoo_horizon(monkeypatch: pytest.M
     monkeypatch.setattr(bench, "steps_to_threshold", fake_steps_to_threshold)
     spec = RunSpec("acktr", "CartPole-v1", 0, 475.0, 1_000)
     assert bench.run_one(spec).steps is None
-    assert bench.run_one(RunSpec(**{**spec.__dict__, "overrides": (("n_timesteps", 5_000),)})).steps is None
-    zoo_horizon = int(float(zoo_hyperparameters("acktr", "CartPole-v1")["n_timesteps"]))
+    assert bench.run_one(RunSpec(**{**spec.__dict__, "overrides": ("n_timesteps=5000",)})).steps is None
+    zoo_horizon = int(float(load_zoo("acktr")["CartPole-v1"]["n_timesteps"]))
     assert horizons == [zoo_horizon, 5_000]

@@ -67,11 +67,15 @@ def test_run_folder_contents(trained: tuple[Path, str]) -> None:
 def test_config_round_trip(trained: tuple[Path, str]) -> None:
     """config.yml holds the resolved hyperparameters; rebuilding from it gives the trained settings."""
     from acktr.agents import ACKTR
-    from acktr.train import create_model, make_vec_env
+    from acktr.factory import create_model, make_run_env
+    from acktr.run_config import RunConfig
 
     run_dir, _ = trained
     config = yaml.safe_load((run_dir / "config.yml").read_text())
     assert yaml.safe_load(yaml.safe_dump(config)) == config
+    typed = RunConfig.from_dict(config)
+    assert typed.to_dict() == config  # the typed config round-trips through config.yml
+    assert typed.backend_used == "torch" and typed.policy == "MlpPolicy"
     hyper = config["hyperparams"]
     assert config["env_id"] == "CartPole-v1" and config["algo"] == "acktr" and config["n_timesteps"] == 3000
     assert (
@@ -82,8 +86,8 @@ def test_config_round_trip(trained: tuple[Path, str]) -> None:
     assert hyper["damping"] == 0.01 and hyper["learning_rate"] == "lin_0.25"  # agent defaults written out
     assert config["command"].startswith("acktr train --env CartPole --timesteps 3000")
     saved = ACKTR.load(run_dir / "model.zip")
-    venv = make_vec_env(config, config["n_envs"], 0, training=True)
-    rebuilt = create_model(config, venv)
+    venv = make_run_env(typed)
+    rebuilt = create_model(typed, venv)
     venv.close()
     for model in (saved, rebuilt):
         assert model.kl_clip == 0.002 and model.n_steps == 5 and model.n_envs == config["n_envs"]
@@ -212,7 +216,7 @@ def test_resume_after_interruption_reaches_total_with_consistent_logs(
         code, out, _ = run_cli(["eval", str(run_dir), "--episodes", "2"])
         assert code == 0 and "over 2 episodes" in out
     code, _, err = run_cli(["train", "--resume", str(run_dir)])
-    assert code == 2 and "already finished" in err
+    assert code == 2 and "already finished" in err and "--timesteps" in err
 
 
 def test_resume_before_the_first_checkpoint_restarts_from_step_zero(tmp_path: Path) -> None:
@@ -264,7 +268,6 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     one_line_error(["train", "--env", "CartPole", "-p", "kl_clipp=0.1"], "did you mean kl_clip")
     one_line_error(["train", "--env", "CartPole", "-p", "n_steps=abc"], "expected int")
     one_line_error(["train", "--env", "CartPole", "--timesteps", "-5"], "--timesteps must be a positive")
-    one_line_error(["train", "--env", "CartPole", "--algo", "npg"], "not available yet")
     one_line_error(["train", "--env", "CartPole", "--device", "gpu"], "not a torch device")
     if not torch.cuda.is_available():
         one_line_error(["train", "--env", "CartPole", "--device", "cuda"], "no CUDA GPU")
@@ -315,22 +318,24 @@ def test_zoo_command_lists_and_resolves() -> None:
 
 
 def test_threads_default_to_one_for_mlp_on_cpu() -> None:
-    from acktr.train import set_threads
+    from acktr.factory import set_threads
+    from acktr.run_config import TrainOptions, resolve_config
 
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        mlp = {"device": "cpu", "hyperparams": {"policy": "MlpPolicy"}}
+        mlp = resolve_config(TrainOptions(env="CartPole", seed=0, device="cpu"))
         assert set_threads(mlp, None) == 1
         torch.set_num_threads(2)
-        assert set_threads({"device": "cpu", "hyperparams": {"policy": "CnnPolicy"}}, None) == 2
+        cnn = resolve_config(TrainOptions(env="Breakout", seed=0, device="cpu"))
+        assert cnn.policy == "CnnPolicy" and set_threads(cnn, None) == 2
         assert set_threads(mlp, 2) == 2
     finally:
         torch.set_num_threads(previous)
 
 
 def test_progress_bar_shows_rate_return_and_eta() -> None:
-    from acktr.train import Progress
+    from acktr.progress import Progress
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -349,7 +354,8 @@ def test_progress_bar_shows_rate_return_and_eta() -> None:
 def test_breakout_envpool_2000_steps_writes_loadable_model(tmp_path: Path) -> None:
     from acktr.agents import ACKTR
     from acktr.envs import EnvpoolVecEnv
-    from acktr.train import make_vec_env
+    from acktr.factory import make_run_env
+    from acktr.run_config import RunConfig
 
     run_dir = tmp_path / "breakout"
     code, _, err = run_cli(
@@ -372,7 +378,7 @@ def test_breakout_envpool_2000_steps_writes_loadable_model(tmp_path: Path) -> No
     assert code == 0, err
     config = yaml.safe_load((run_dir / "config.yml").read_text())
     assert config["backend_used"] == "envpool"
-    venv = make_vec_env(config, 1, 0, training=False)
+    venv = make_run_env(RunConfig.from_dict(config), 1, 0, training=False)
     assert isinstance(venv, EnvpoolVecEnv)
     model = ACKTR.load(run_dir / "model.zip", env=venv)
     assert model.num_timesteps >= 2000 and model.observation_space.shape == (4, 84, 84)
@@ -380,3 +386,189 @@ def test_breakout_envpool_2000_steps_writes_loadable_model(tmp_path: Path) -> No
     action, _ = model.predict(obs)
     assert action.shape == (1,)
     venv.close()
+
+
+# ------------------------------------------------------------------- application-layer defects, each pinned
+
+
+def test_resume_applies_what_can_change_and_refuses_the_rest(tmp_path: Path) -> None:
+    from acktr.run_config import RunConfig
+
+    run_dir = tmp_path / "run"
+    base = ["train", "--env", "CartPole", "--timesteps", "2000", "--checkpoint-freq", "500"]
+    code, _, err = run_cli(
+        [*base, "--eval-episodes", "0", "--run-dir", str(run_dir), *FAST, "--interrupt-at", "900"]
+    )
+    assert code == 130, err
+    one_line_error(["train", "--resume", str(run_dir), "--algo", "ppo"], "trained with acktr; drop --algo")
+    one_line_error(["train", "--resume", str(run_dir), "--backend", "gymnasium"], "drop --backend")
+    one_line_error(["train", "--resume", str(run_dir), "--timesteps", "400"], "already taken")
+    code, out, err = run_cli(
+        [
+            *["train", "--resume", str(run_dir), "--eval-episodes", "3", "--checkpoint-freq", "700"],
+            *["--keep-checkpoints", "0", "--no-progress"],
+        ]
+    )
+    assert code == 0, err
+    assert "eval_episodes 0 -> 3" in out and "checkpoint_freq 500 -> 700" in out
+    assert re.search(r"over 3 episodes", out)  # the final evaluation took the new --eval-episodes
+    config = RunConfig.from_dict(yaml.safe_load((run_dir / "config.yml").read_text()))
+    assert (config.eval_episodes, config.checkpoint_freq, config.keep_checkpoints) == (3, 700, 0)
+    assert len(list((run_dir / "checkpoints").glob("step_*.zip"))) > 2  # keep 0: every checkpoint kept
+
+
+def test_a_finished_run_is_extended_by_a_larger_timesteps(tmp_path: Path) -> None:
+    from acktr.agents import ACKTR
+
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(
+        [
+            "train",
+            "--env",
+            "CartPole",
+            "--timesteps",
+            "800",
+            "--eval-episodes",
+            "0",
+            "--run-dir",
+            str(run_dir),
+            *FAST,
+        ]
+    )
+    assert code == 0, err
+    rows_before = read_monitor(run_dir / "monitor.csv")
+    code, out, err = run_cli(["train", "--resume", str(run_dir), "--timesteps", "1600", "--no-progress"])
+    assert code == 0, err
+    assert f"extending {run_dir} from step 800 to 1,600" in out
+    model = ACKTR.load(run_dir / "model.zip")
+    assert model.num_timesteps == 1600 and model.policy.optimizer.steps_taken == 40
+    rows = read_monitor(run_dir / "monitor.csv")
+    assert rows[: len(rows_before)] == rows_before and [r["step"] for r in rows] == sorted(
+        r["step"] for r in rows
+    )
+    steps = [s for s, _ in read_scalars(run_dir / "tb")["train/kl"]]
+    assert steps == sorted(set(steps)) and steps[-1] <= 1600
+
+
+def test_no_tensorboard_writes_no_tb_folder_and_monitor_is_readable_while_training(tmp_path: Path) -> None:
+    import collections
+
+    from acktr.callbacks import RunCallback
+    from acktr.progress import Progress
+    from acktr.runs import MonitorLog
+
+    run_dir = tmp_path / "run"
+    args = ["train", "--env", "CartPole", "--timesteps", "400", "--eval-episodes", "0", "--no-tensorboard"]
+    code, _, err = run_cli([*args, "--run-dir", str(run_dir), *FAST])
+    assert code == 0, err
+    assert not (run_dir / "tb").exists() and (run_dir / "model.zip").is_file()
+    # rows reach the file at the end of every rollout, not only at checkpoints
+    monitor = MonitorLog(tmp_path / "monitor.csv", "CartPole-v1")
+    callback = RunCallback(
+        RunPaths(tmp_path), monitor, 100, 10**9, 2, None, Progress(100, 0, bar=False), collections.deque()
+    )
+    monitor.write(12.0, 12, 40)
+    callback._on_rollout_end()
+    assert read_monitor(tmp_path / "monitor.csv") == [
+        {"r": 12.0, "l": 12.0, "t": pytest.approx(0, abs=5), "step": 40.0}
+    ]
+    monitor.close()
+
+
+def test_progress_never_reports_more_than_100_percent_or_a_negative_eta() -> None:
+    from acktr.progress import Progress
+
+    progress = Progress(total=2000, start=0, bar=False)
+    line = progress.line(2400, 10.0)
+    assert "2,000/2,000 (100%)" in line and "ETA 0:00" in line and "-" not in line.split("ETA")[1]
+
+
+def test_eval_and_record_pin_one_thread_for_mlp_policies(trained: tuple[Path, str], tmp_path: Path) -> None:
+    run_dir, _ = trained
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert run_cli(["eval", str(run_dir), "--episodes", "1"])[0] == 0
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        code, _, err = run_cli(
+            ["record", str(run_dir), "--out", str(tmp_path / "v.mp4"), "--max-frames", "20"]
+        )
+        assert code == 0, err
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_final_evaluation_is_announced(trained: tuple[Path, str]) -> None:
+    _, out = trained
+    assert "evaluating 2 episodes (deterministic actions) ..." in out
+
+
+def test_help_does_not_import_torch_and_lists_every_option() -> None:
+    code = (
+        "import sys; from acktr.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'stable_baselines3', 'numpy') if m in sys.modules))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0 and completed.stdout.strip() == "[]", completed.stdout + completed.stderr
+    completed = subprocess.run(
+        [sys.executable, "-m", "acktr", "train", "--help"], capture_output=True, text=True, timeout=60
+    )
+    for option in (
+        "--keep-checkpoints",
+        "--resume",
+        "--eval-episodes",
+        "--threads",
+        "-p KEY=VALUE",
+        "--backend",
+    ):
+        assert option in completed.stdout, option
+    assert "npg" not in completed.stdout.split("--algo")[1].split("\n")[0]  # not landed: not a choice
+
+
+def test_image_env_gets_a_cnn_and_kfac_refuses_raw_pixels(tmp_path: Path) -> None:
+    from acktr.factory import build_run
+    from acktr.run_config import TrainOptions, resolve_config
+
+    config = resolve_config(TrainOptions(env="CarRacing-v3", seed=0, n_envs=1))
+    assert config.policy is None  # decided by the observation space
+    venv, model = build_run(config)
+    try:
+        assert config.policy == "CnnPolicy" and type(model.policy).__name__ == "ActorCriticCnnPolicy"
+    finally:
+        venv.close()
+    one_line_error(
+        ["train", "--env", "CarRacing-v3", "-p", "policy=MlpPolicy", "--n-envs", "1", "--timesteps", "100"],
+        "max_factor_dim",
+    )
+
+
+def test_unwritable_outputs_and_bad_paths_are_one_line_errors(
+    tmp_path: Path, trained: tuple[Path, str]
+) -> None:
+    run_dir, _ = trained
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    one_line_error(
+        ["train", "--env", "CartPole", "--run-dir", str(blocker), "--timesteps", "100"], "existing file"
+    )
+    one_line_error(["record", str(run_dir), "--out", str(blocker / "video.mp4")], "cannot write")
+    one_line_error(
+        ["train", "--env", "CartPole", "-p", "normalize={norm_obss: true}"], "unknown normalize key"
+    )
+    one_line_error(
+        ["train", "--env", "CartPole", "-p", "kfac_kwargs.inverse_methd=eigen"], "unknown kfac_kwargs key"
+    )
+    one_line_error(["eval", str(run_dir), "--env", "Acrobot", "--episodes", "1"], "differs from")
+
+
+def test_a_closed_stdout_does_not_stop_training(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = (
+        f"{sys.executable} -m acktr train --env CartPole --timesteps 2000 -p n_steps=5 --seed 0 "
+        f"--eval-episodes 0 --no-progress --run-dir {run_dir} | head -1"
+    )
+    completed = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    assert completed.stdout.startswith("run folder:"), completed.stdout + completed.stderr
+    assert (run_dir / "model.zip").is_file(), completed.stderr

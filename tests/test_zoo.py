@@ -10,17 +10,18 @@ import pytest
 import yaml
 from stable_baselines3.common.utils import LinearSchedule
 
-from acktr.config import (
+from acktr.algorithms import ALGORITHMS, algorithm_class, algorithm_names, get_algorithm
+from acktr.envs import is_atari, resolve_env_id
+from acktr.errors import UserError
+from acktr.hyperparams import (
     ZOO_KEYS,
-    UserError,
     agent_parameters,
-    algorithm_class,
     apply_overrides,
     build_agent_kwargs,
+    parse_notation,
     parse_override,
     zoo_entry,
 )
-from acktr.envs import is_atari, resolve_env_id
 from acktr.zoo import entry_sources, load_zoo, zoo_path
 
 REQUIRED = tuple(
@@ -106,7 +107,7 @@ def test_overrides_are_type_checked_against_the_signature() -> None:
         ],
     )
     assert result["kl_clip"] == 0.002 and isinstance(result["gamma"], float) and result["n_steps"] == 5
-    assert result["policy_kwargs"] == {"net_arch": [64, 64], "activation_fn": "relu"}
+    assert result["policy_kwargs"] == {"net_arch": [64, 64], "activation_fn": "nn.ReLU"}
     assert result["kfac_kwargs"] == {"inverse_method": "eigh"}
     assert base == {"n_envs": 8, "policy": "MlpPolicy"}  # not modified in place
     cases = {
@@ -119,6 +120,8 @@ def test_overrides_are_type_checked_against_the_signature() -> None:
         "policy_kwargs.net_arch=5": "expected list",
         "policy_kwargs.nett=[1]": "unknown policy_kwargs key",
         "gamma.x=1": "has no sub-keys",
+        "stats_decay=0.9": "now called factor_decay",
+        "policy_kwargs=dict(net_arch=__import__('os'))": "not notation acktr can read",
     }
     for text, message in cases.items():
         with pytest.raises(UserError, match=message):
@@ -129,15 +132,9 @@ def test_build_agent_kwargs_makes_schedules_and_activations() -> None:
     from torch import nn
 
     kwargs = build_agent_kwargs(
-        {
-            "policy": "MlpPolicy",
-            "n_envs": 4,
-            "normalize": True,
-            "learning_rate": "lin_0.25",
-            "policy_kwargs": {"activation_fn": "relu", "net_arch": [8]},
-        }
+        {"learning_rate": "lin_0.25", "policy_kwargs": {"activation_fn": "relu", "net_arch": [8]}}
     )
-    assert set(kwargs) == {"policy", "learning_rate", "policy_kwargs"}
+    assert set(kwargs) == {"learning_rate", "policy_kwargs"}
     schedule = kwargs["learning_rate"]
     assert isinstance(schedule, LinearSchedule)
     assert (
@@ -149,34 +146,88 @@ def test_build_agent_kwargs_makes_schedules_and_activations() -> None:
 
 
 def test_algorithm_registry() -> None:
+    """One table: the CLI choices, the public API, rl-zoo3 names and zoo files all come from it."""
+    import acktr
     from acktr.agents import ACKTR
 
     assert algorithm_class("acktr") is ACKTR
     assert algorithm_class("ppo").__name__ == "PPO"
     with pytest.raises(UserError, match="unknown algorithm"):
         algorithm_class("dqn")
-    import acktr.agents
+    assert algorithm_names()[0] == "acktr" and set(algorithm_names()) == set(ALGORITHMS)
+    for spec in ALGORITHMS.values():
+        assert zoo_path(spec.zoo).is_file(), spec.name  # every algorithm has its zoo file
+        assert get_algorithm(spec.rl_zoo_name) is spec  # rl-zoo3 spelling resolves to the same entry
+        if spec.ours:
+            assert getattr(acktr, spec.class_name) is spec.load()  # exported by the public API
+    # an agent that has not landed is absent everywhere, not listed and refused
+    for name in ("npg", "noisy-acktr", "noisy_acktr"):
+        with pytest.raises(UserError, match="unknown algorithm"):
+            get_algorithm(name)
 
-    for name, cls_name in (("npg", "NPG"), ("noisy-acktr", "NoisyACKTR")):
-        if not hasattr(acktr.agents, cls_name):
-            with pytest.raises(UserError, match="not available yet"):
-                algorithm_class(name)
+
+def test_rl_zoo_notation_is_parsed_without_evaluating_code() -> None:
+    parsed = parse_notation(
+        "dict(log_std_init=-2, ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64, 64], vf=[64]))",
+        "policy_kwargs",
+    )
+    assert parsed == {
+        "log_std_init": -2,
+        "ortho_init": False,
+        "activation_fn": "nn.ReLU",
+        "net_arch": {"pi": [64, 64], "vf": [64]},
+    }
+    assert parse_notation("{'norm_obs': True, 'clip_obs': 10.0}", "normalize") == {
+        "norm_obs": True,
+        "clip_obs": 10.0,
+    }
+    assert parse_notation("dict(optimizer_class=th.optim.Adam)", "policy_kwargs") == {
+        "optimizer_class": "th.optim.Adam"
+    }
+    for text in ("__import__('os').system('true')", "dict(a=os.getcwd())", "dict(**x)", "lambda: 1", "[1"):
+        with pytest.raises(UserError, match="not notation acktr can read"):
+            parse_notation(text, "policy_kwargs")
+    from torch import nn
+
+    kwargs = build_agent_kwargs({"policy_kwargs": "dict(activation_fn=nn.Tanh, net_arch=[8])"})
+    assert kwargs["policy_kwargs"] == {"activation_fn": nn.Tanh, "net_arch": [8]}
 
 
 @pytest.mark.parametrize("name", ["CartPole", "Pendulum", "LunarLander", "HalfCheetah", "Breakout"])
 def test_zoo_entries_build_an_agent(name: str) -> None:
     """Every kind of entry (discrete, continuous, VecNormalize, separate nets, CNN) constructs ACKTR."""
-    from acktr.train import TrainOptions, create_model, make_vec_env, resolve_config, wrap_normalize
+    from acktr.factory import build_run
+    from acktr.run_config import TrainOptions, resolve_config
 
     config = resolve_config(TrainOptions(env=name, seed=0, n_envs=2))
-    venv = wrap_normalize(make_vec_env(config, 2, 0, training=True), config, training=True)
+    venv, model = build_run(config)
     try:
-        model = create_model(config, venv)
         for key in ("n_steps", "gamma", "ent_coef", "kl_clip", "damping"):
-            assert getattr(model, key) == config["hyperparams"][key], key
+            assert getattr(model, key) == config.hyperparams[key], key
         assert model.lr_schedule(1.0) == pytest.approx(
-            float(str(config["hyperparams"]["learning_rate"]).removeprefix("lin_"))
+            float(str(config.hyperparams["learning_rate"]).removeprefix("lin_"))
         )
+    finally:
+        venv.close()
+
+
+@pytest.mark.parametrize("algo", ["a2c", "ppo"])
+@pytest.mark.parametrize("name", ["CartPole-v1", "Acrobot-v1", "Pendulum-v1"])
+def test_comparison_zoo_entries_build_their_sb3_agent(algo: str, name: str) -> None:
+    """The A2C/PPO entries (rl-zoo3's, with its notation) build through the same factory as ACKTR."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from acktr.factory import build_run
+    from acktr.run_config import TrainOptions, resolve_config
+
+    config = resolve_config(TrainOptions(env=name, algo=algo, seed=0))
+    venv, model = build_run(config)
+    try:
+        assert type(model).__name__ == algo.upper() and model.n_envs == config.n_envs
+        assert isinstance(venv, VecNormalize) == (config.normalize is not None)
+        if algo == "a2c" and name == "Pendulum-v1":  # policy_kwargs written as "dict(log_std_init=-2, ...)"
+            assert model.policy.log_std.detach().mean().item() == pytest.approx(-2.0)
+            assert model.policy.ortho_init is False
     finally:
         venv.close()
 
@@ -195,6 +246,13 @@ def test_rl_zoo3_trains_acktr_after_registration(tmp_path: Path) -> None:
 
     model = ACKTR.load(model_path)
     assert model.num_timesteps >= 2000 and model.n_envs == load_zoo("acktr")["CartPole-v1"]["n_envs"]
+    # and rl-zoo3's enjoy plays the trained agent (it imports requests, which acktr[zoo] installs)
+    enjoy = [
+        *[sys.executable, "-m", "acktr.zoo_integration", "enjoy", "--algo", "acktr", "--env", "CartPole-v1"],
+        *["-f", str(tmp_path), "-n", "200", "--no-render", "--num-threads", "1"],
+    ]
+    completed = subprocess.run(enjoy, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
 
 
 def test_register_with_rl_zoo_in_process() -> None:
@@ -220,9 +278,7 @@ def test_tuned_zoo_entries_reach_their_thresholds(env_id: str, threshold: float,
     benchmark runs them: schedule over the zoo's n_timesteps, 100-episode training mean, stop at budget)."""
     import torch
 
-    from acktr.bench.sample_efficiency import build_model, steps_to_threshold, zoo_hyperparameters
+    from acktr.bench.sample_efficiency import RunSpec, run_one
 
     torch.set_num_threads(1)
-    model = build_model("acktr", env_id, seed=1)
-    horizon = int(float(zoo_hyperparameters("acktr", env_id)["n_timesteps"]))
-    assert steps_to_threshold(model, threshold, budget, horizon=horizon) is not None
+    assert run_one(RunSpec("acktr", env_id, 1, threshold, budget)).steps is not None

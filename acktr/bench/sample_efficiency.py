@@ -1,18 +1,19 @@
 """Sample efficiency: env steps until the 100-episode mean return first reaches a threshold.
 
-ACKTR vs SB3's A2C and PPO, all three with their zoo hyperparameters (``acktr/zoo/acktr.yml`` for ACKTR, the
-installed rl-zoo3's ``a2c.yml`` / ``ppo.yml`` for SB3), in the same run, on the same seeds. The "100-episode
-mean" is SB3's training-episode window (``ep_info_buffer``, raw Monitor returns, also under VecNormalize),
-checked after every vectorised env step; a run that does not reach the threshold within the budget counts as
-censored at the budget. The report gives per-seed steps, the median over seeds and the ratios
-ACKTR ÷ A2C and ACKTR ÷ PPO of the medians (goal: ≤ 0.5 and ≤ 1.0).
+ACKTR vs SB3's A2C and PPO, each with its zoo entry (``acktr/zoo/<algo>.yml``; the A2C/PPO entries are
+rl-baselines3-zoo's), in the same run, on the same seeds. Every run is built by the run factory
+(:func:`acktr.factory.build_run` from :func:`acktr.run_config.resolve_config`), i.e. exactly what
+``acktr train --algo ALGO --env ENV --seed SEED`` builds: same env backend (torch-native for classic control),
+same normalisation, same hyperparameters. The "100-episode mean" is SB3's training-episode window
+(``ep_info_buffer``, raw returns, also under VecNormalize), checked after every vectorised env step; a run
+that does not reach the threshold within the budget counts as censored at the budget. The report gives
+per-seed steps, the median over seeds and the ratios ACKTR ÷ A2C and ACKTR ÷ PPO of the medians (goal: ≤ 0.5
+and ≤ 1.0).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.resources
-import os
 import platform
 import statistics
 import sys
@@ -31,7 +32,6 @@ TASKS: dict[str, tuple[float, int]] = {
     "Pendulum-v1": (-200.0, 1_000_000),
 }
 ALGOS = ("acktr", "a2c", "ppo")
-ZOO_IGNORED_KEYS = {"n_timesteps", "n_envs", "policy", "normalize", "frame_stack", "env_wrapper", "callback"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="ENV:KEY=VALUE",
-        help="override one ACKTR zoo value for one env, e.g. CartPole-v1:n_envs=16 (repeatable; reported)",
+        help="override one ACKTR zoo value for one env, as `acktr train -p KEY=VALUE` would, e.g. "
+        "CartPole-v1:n_envs=16 (repeatable; reported)",
     )
 
 
@@ -64,7 +65,8 @@ class RunSpec:
     seed: int
     threshold: float
     budget: int
-    overrides: tuple[tuple[str, Any], ...] = ()
+    overrides: tuple[str, ...] = ()
+    """``-p`` style ``KEY=VALUE`` overrides of the zoo entry."""
 
 
 @dataclass(frozen=True)
@@ -74,68 +76,31 @@ class RunResult:
     seconds: float
 
 
-def zoo_hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
-    """The zoo entry of ``env_id`` for ``algo`` (rl-zoo3 YAML layout), unconverted.
-
-    :raises KeyError: when the zoo has no entry for this env.
-    """
-    import yaml
-
-    if algo == "acktr":
-        text = importlib.resources.files("acktr.zoo").joinpath("acktr.yml").read_text()
-    else:
-        import rl_zoo3
-
-        with open(os.path.join(os.path.dirname(rl_zoo3.__file__), "hyperparams", f"{algo}.yml")) as handle:
-            text = handle.read()
-    table = yaml.safe_load(text)
-    if env_id not in table:
-        raise KeyError(f"no {algo} zoo hyperparameters for {env_id}; add an entry to the {algo} zoo file")
-    return dict(table[env_id])
-
-
-def _schedule_or_value(value: Any) -> Any:
-    from stable_baselines3.common.utils import LinearSchedule
-
-    if isinstance(value, str) and value.startswith("lin_"):
-        return LinearSchedule(start=float(value[len("lin_") :]), end=0.0, end_fraction=1.0)
-    return value
-
-
-def parse_override(item: str) -> tuple[str, str, Any]:
-    """``"ENV:KEY=VALUE"`` -> (env, key, YAML-parsed value)."""
-    import yaml
-
+def parse_override(item: str) -> tuple[str, str]:
+    """``"ENV:KEY=VALUE"`` -> (env, ``"KEY=VALUE"``)."""
     env_id, _, assignment = item.partition(":")
     key, _, value = assignment.partition("=")
     if not env_id or not key or not value:
         raise SystemExit(f"sample-efficiency: --acktr-override expects ENV:KEY=VALUE, got {item!r}")
-    return env_id, key, yaml.safe_load(value)
+    return env_id, assignment
 
 
-def build_model(algo: str, env_id: str, seed: int, overrides: dict[str, Any] | None = None) -> Any:
-    """Vectorised env (+ VecNormalize if the zoo says so) and the model with zoo hyperparameters."""
-    import torch as th
-    from stable_baselines3 import A2C, PPO
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
+def run_config(algo: str, env_id: str, seed: int, overrides: tuple[str, ...] = ()) -> Any:
+    """The :class:`~acktr.run_config.RunConfig` ``acktr train`` would resolve for this run (on the CPU)."""
+    from acktr.run_config import TrainOptions, resolve_config
 
-    from acktr.agents import ACKTR
+    options = TrainOptions(
+        env=env_id, algo=algo, seed=seed, device="cpu", overrides=list(overrides), tensorboard=False
+    )
+    return resolve_config(options)
 
-    hyper = {**zoo_hyperparameters(algo, env_id), **(overrides or {})}
-    env = make_vec_env(env_id, n_envs=int(hyper.get("n_envs", 1)), seed=seed)
-    normalize = hyper.get("normalize", False)
-    if isinstance(normalize, str):
-        normalize = eval(
-            normalize, {"dict": dict}
-        )  # zoo files write e.g. "dict(norm_obs=True, norm_reward=False)"
-    if normalize:
-        env = VecNormalize(env, **(normalize if isinstance(normalize, dict) else {}))
-    kwargs = {key: _schedule_or_value(value) for key, value in hyper.items() if key not in ZOO_IGNORED_KEYS}
-    if isinstance(kwargs.get("policy_kwargs"), str):
-        kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"dict": dict, "nn": th.nn})
-    algo_class = {"acktr": ACKTR, "a2c": A2C, "ppo": PPO}[algo]
-    return algo_class(hyper.get("policy", "MlpPolicy"), env, seed=seed, device="cpu", **kwargs)
+
+def build_model(algo: str, env_id: str, seed: int, overrides: tuple[str, ...] = ()) -> Any:
+    """The agent ``acktr train`` would build for this run, on its training env."""
+    from acktr.factory import build_run
+
+    _, model = build_run(run_config(algo, env_id, seed, overrides))
+    return model
 
 
 def steps_to_threshold(
@@ -178,13 +143,17 @@ def steps_to_threshold(
 def run_one(spec: RunSpec) -> RunResult:
     import torch as th
 
+    from acktr.factory import build_run
+
     th.set_num_threads(1)
     start = time.perf_counter()
-    model = build_model(spec.algo, spec.env_id, spec.seed, dict(spec.overrides))
-    # Schedules (lin_*) decay over the zoo's own n_timesteps, as rl-zoo runs them, not over our budget.
-    hyperparameters = {**zoo_hyperparameters(spec.algo, spec.env_id), **dict(spec.overrides)}
-    horizon = int(float(hyperparameters.get("n_timesteps", spec.budget)))
-    steps = steps_to_threshold(model, spec.threshold, spec.budget, horizon=horizon)
+    config = run_config(spec.algo, spec.env_id, spec.seed, spec.overrides)
+    venv, model = build_run(config)
+    try:
+        # Schedules (lin_*) decay over the zoo's own n_timesteps, as rl-zoo runs them, not over our budget.
+        steps = steps_to_threshold(model, spec.threshold, spec.budget, horizon=config.n_timesteps)
+    finally:
+        venv.close()
     return RunResult(spec, steps, time.perf_counter() - start)
 
 
@@ -214,7 +183,8 @@ def format_report(
         f"wall time {wall / 60:.1f} min.",
         f"Versions: stable-baselines3 {stable_baselines3.__version__}, torch {torch.__version__}, "
         f"python {platform.python_version()}, CPU, 1 torch thread per run.",
-        "Hyperparameters: zoo entries (acktr.zoo acktr.yml; rl-zoo3 a2c.yml / ppo.yml); "
+        "Runs built by acktr's run factory, as `acktr train` builds them (same env backends). "
+        "Hyperparameters: zoo entries (acktr/zoo acktr.yml; a2c.yml / ppo.yml hold rl-zoo3 2.9.2's); "
         "each run's learning-rate schedule spans its own zoo n_timesteps (as rl-zoo runs it) and "
         "training stops at the budget or at the end of that zoo budget, whichever comes first. "
         "Medians count runs "
@@ -222,7 +192,7 @@ def format_report(
         "ACKTR overrides of its zoo entry: "
         + (
             "; ".join(
-                f"{r.spec.env_id}: " + ", ".join(f"{k}={v}" for k, v in r.spec.overrides)
+                f"{r.spec.env_id}: " + ", ".join(r.spec.overrides)
                 for r in _first_per_env([r for r in results if r.spec.algo == "acktr" and r.spec.overrides])
             )
             or "none"
@@ -289,14 +259,14 @@ def run(args: argparse.Namespace) -> str:
             )
         budgets[env] = int(float(steps))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    overrides: dict[str, dict[str, Any]] = {}
+    overrides: dict[str, list[str]] = {}
     for item in args.acktr_override:
-        env, key, value = parse_override(item)
+        env, assignment = parse_override(item)
         if env not in TASKS:
             raise SystemExit(
                 f"sample-efficiency: --acktr-override names unknown env {env!r}; use one of {list(TASKS)}"
             )
-        overrides.setdefault(env, {})[key] = value
+        overrides.setdefault(env, []).append(assignment)
     specs = [
         RunSpec(
             algo,
@@ -304,7 +274,7 @@ def run(args: argparse.Namespace) -> str:
             seed,
             TASKS[env][0],
             budgets[env],
-            tuple(sorted(overrides.get(env, {}).items())) if algo == "acktr" else (),
+            tuple(overrides.get(env, [])) if algo == "acktr" else (),
         )
         for env in envs
         for algo in algos
@@ -331,5 +301,5 @@ def run(args: argparse.Namespace) -> str:
     else:
         for spec in specs:
             progress(run_one(spec))
-    results.sort(key=lambda result: specs.index(result.spec))  # specs may hold dicts: not hashable
+    results.sort(key=lambda result: specs.index(result.spec))
     return format_report(results, envs, algos, seeds, time.perf_counter() - start)

@@ -1,13 +1,20 @@
-"""Algorithms, zoo look-up and ``-p key=value`` overrides for the command line.
+"""Hyperparameters: zoo look-up, rl-zoo notation, ``-p key=value`` overrides and constructor keywords.
 
-A run's configuration is a plain YAML-safe dict (what ``config.yml`` stores); :func:`build_agent_kwargs` turns
-it into constructor keywords (schedules, activation classes) at the last moment, so a loaded ``config.yml``
-rebuilds exactly the same agent.
+Everything a run's ``config.yml`` stores is YAML-safe data; classes (activations, optimizers) are kept as
+their rl-zoo names (``"nn.ReLU"``) and schedules as ``"lin_<start>"``, and :func:`build_agent_kwargs` turns
+them into objects only when the agent is built, so a saved configuration rebuilds exactly the same agent.
+
+rl-zoo3's YAML writes some values as Python expressions (``policy_kwargs: "dict(net_arch=[64, 64],
+activation_fn=nn.ReLU)"``). :func:`parse_notation` reads that notation without evaluating code: it accepts
+``dict(...)`` calls, ``{...}``, lists, tuples, numbers, strings, ``True``/``False``/``None`` and the names in
+:data:`NAMED_OBJECTS`; anything else is a one-line :class:`~acktr.errors.UserError`.
 """
 
 from __future__ import annotations
 
+import ast
 import collections.abc
+import difflib
 import importlib
 import inspect
 import re
@@ -19,23 +26,11 @@ from typing import Any
 
 import yaml
 
+from acktr.algorithms import algorithm_class, get_algorithm
+from acktr.errors import UserError
 from acktr.zoo import SPECIAL_KEYS, entry_sources, load_zoo
 
-
-class UserError(Exception):
-    """A mistake the user can fix; the CLI prints its one-line message and exits with code 2."""
-
-
-# --algo name -> (module, class name); names whose class is missing are "not available yet".
-ALGORITHMS: dict[str, tuple[str, str]] = {
-    "acktr": ("acktr.agents", "ACKTR"),
-    "npg": ("acktr.agents", "NPG"),
-    "noisy-acktr": ("acktr.agents", "NoisyACKTR"),
-    "a2c": ("stable_baselines3", "A2C"),
-    "ppo": ("stable_baselines3", "PPO"),
-}
-
-# Zoo keys that are not constructor keywords of the agent.
+# Zoo keys that are not constructor keywords of the agent (rl-zoo3's layout).
 ZOO_KEYS: tuple[str, ...] = ("n_timesteps", "n_envs", "policy", "normalize", "frame_stack", "env_wrapper")
 ZOO_KEY_TYPES: dict[str, Any] = {
     "n_timesteps": int,
@@ -45,6 +40,8 @@ ZOO_KEY_TYPES: dict[str, Any] = {
     "frame_stack": int,
     "env_wrapper": list | str | None,
 }
+# Keys whose value may be written in rl-zoo's Python notation, and that take nested ``-p a.b=...`` keys.
+NESTED_KEYS: tuple[str, ...] = ("policy_kwargs", "normalize", "kfac_kwargs", "rollout_buffer_kwargs")
 # Constructor parameters the command line owns (set from --seed, --device, the run folder, ...).
 RESERVED_PARAMS: tuple[str, ...] = (
     "self",
@@ -55,26 +52,157 @@ RESERVED_PARAMS: tuple[str, ...] = (
     "verbose",
     "_init_setup_model",
 )
+# Hyperparameters that were renamed: old name -> new name (for a helpful error and old config.yml files).
+RENAMED: dict[str, str] = {"stats_decay": "factor_decay"}
 
+# Names rl-zoo notation may use -> the object they stand for ("module:attribute"), imported at build time.
+NAMED_OBJECTS: dict[str, str] = {
+    **{
+        f"nn.{name}": f"torch.nn:{name}"
+        for name in ("ReLU", "Tanh", "ELU", "LeakyReLU", "GELU", "SiLU", "SELU")
+    },
+    "th.optim.Adam": "torch.optim:Adam",
+    "th.optim.RMSprop": "torch.optim:RMSprop",
+    "th.optim.SGD": "torch.optim:SGD",
+    "RMSpropTFLike": "stable_baselines3.common.sb2_compat.rmsprop_tf_like:RMSpropTFLike",
+}
+# ``-p policy_kwargs.activation_fn=relu`` spellings -> canonical names
+_ACTIVATIONS: dict[str, str] = {
+    "tanh": "nn.Tanh",
+    "relu": "nn.ReLU",
+    "elu": "nn.ELU",
+    "leaky_relu": "nn.LeakyReLU",
+    "leakyrelu": "nn.LeakyReLU",
+    "gelu": "nn.GELU",
+    "silu": "nn.SiLU",
+    "selu": "nn.SELU",
+}
 _SCHEDULE = re.compile(r"^lin_(?P<start>[-+0-9.eE]+)$")
 
 
-def algorithm_class(algo: str) -> Any:
-    """The agent class of ``--algo`` (raises :class:`UserError` for unknown or not-yet-available ones)."""
-    if algo not in ALGORITHMS:
-        raise UserError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
-    module_name, class_name = ALGORITHMS[algo]
+# ------------------------------------------------------------------------------------- rl-zoo notation
+
+
+def canonical_name(text: str) -> str | None:
+    """``"th.nn.ReLU"``, ``"torch.nn.ReLU"``, ``"nn.ReLU"``, ``"relu"`` -> ``"nn.ReLU"``; None if unknown."""
+    name = re.sub(r"^(th|torch)\.nn\.", "nn.", text.strip())
+    name = re.sub(r"^torch\.optim\.", "th.optim.", name)
+    if name in NAMED_OBJECTS:
+        return name
+    return _ACTIVATIONS.get(name.lower())
+
+
+def parse_notation(text: str, key: str) -> Any:
+    """rl-zoo's Python notation -> YAML-safe data, without evaluating code.
+
+    ``"dict(net_arch=[64, 64], activation_fn=nn.ReLU, ortho_init=False)"`` ->
+    ``{"net_arch": [64, 64], "activation_fn": "nn.ReLU", "ortho_init": False}``.
+
+    :raises UserError: for anything that is not a literal, a ``dict(...)`` call or a known name.
+    """
     try:
-        cls = getattr(importlib.import_module(module_name), class_name, None)
-    except ImportError as error:
+        tree = ast.parse(text.strip(), mode="eval")
+        return _literal(tree.body)
+    except (SyntaxError, ValueError) as error:
+        names = ", ".join(sorted(NAMED_OBJECTS))
         raise UserError(
-            f"algorithm {algo!r} cannot be imported ({error}); reinstall acktr (pip install -e .)"
+            f"{key}: {text!r} is not notation acktr can read ({error}); write a YAML mapping, or use only "
+            f"dict(...), lists, numbers, strings, True/False/None and the names {names}"
         ) from None
-    if cls is None:
-        raise UserError(
-            f"algorithm {algo!r} is not available yet in this version; use --algo acktr (or a2c/ppo)"
-        )
-    return cls
+
+
+def _literal(node: ast.AST) -> Any:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _literal(node.operand)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("a sign applies to numbers only")
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(element) for element in node.elts]
+    if isinstance(node, ast.Dict):
+        result = {}
+        for key, value in zip(node.keys, node.values, strict=True):
+            if key is None:
+                raise ValueError("** unpacking is not allowed")
+            name = _literal(key)
+            if not isinstance(name, (str, int)):
+                raise ValueError("mapping keys must be strings or integers")
+            result[name] = _literal(value)
+        return result
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+        if node.args or any(keyword.arg is None for keyword in node.keywords):
+            raise ValueError("dict(...) takes keyword arguments only")
+        return {str(keyword.arg): _literal(keyword.value) for keyword in node.keywords}
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        dotted = ast.unparse(node)
+        name = canonical_name(dotted)
+        if name is None:
+            raise ValueError(f"unknown name {dotted!r}")
+        return name
+    raise ValueError(f"{ast.unparse(node)!r} is not a literal")
+
+
+def resolve_named(value: Any) -> Any:
+    """A known name (``"nn.ReLU"``, ``"relu"``) -> the object; anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    name = canonical_name(value)
+    if name is None:
+        return value
+    module_name, _, attribute = NAMED_OBJECTS[name].partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def read_zoo_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A zoo block with notation strings parsed and renamed keys rejected (one-line UserErrors)."""
+    result = {}
+    for key, value in values.items():
+        if key in RENAMED:
+            raise UserError(f"zoo key {key!r} is now called {RENAMED[key]!r}; rename it in the zoo file")
+        if key in NESTED_KEYS and isinstance(value, str):
+            value = parse_notation(value, key)
+        result[key] = value
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- zoo
+
+
+@dataclass
+class ZooEntry:
+    """The zoo block chosen for an environment: its key in the YAML file, its values and their source."""
+
+    key: str
+    values: dict[str, Any]
+    source: str
+
+
+def zoo_entry(algo: str, env_id: str, atari: bool) -> ZooEntry:
+    """The block for ``env_id`` (full id): its own entry, else ``atari`` for Atari games, else ``default``."""
+    zoo_name = get_algorithm(algo).zoo
+    try:
+        zoo = load_zoo(zoo_name)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    sources = entry_sources(zoo_name)
+    for key in (env_id, "atari" if atari else None, "default"):
+        if key is not None and key in zoo:
+            return ZooEntry(key, read_zoo_values(zoo[key]), sources.get(key, ""))
+    return ZooEntry("(none)", {}, "no zoo file for this algorithm: agent defaults")
+
+
+def list_zoo(algo: str) -> list[tuple[str, dict[str, Any], str]]:
+    """(key, values, source) of every entry of ``algo``'s zoo, environment ids first, special blocks last."""
+    zoo_name = get_algorithm(algo).zoo
+    zoo = load_zoo(zoo_name)
+    sources = entry_sources(zoo_name)
+    keys = [key for key in zoo if key not in SPECIAL_KEYS] + [key for key in SPECIAL_KEYS if key in zoo]
+    return [(key, zoo[key], sources.get(key, "")) for key in keys]
+
+
+# ----------------------------------------------------------------------------------------- -p key=value
 
 
 def agent_parameters(cls: Any) -> dict[str, inspect.Parameter]:
@@ -91,66 +219,12 @@ def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
     hints: dict[str, Any] = {}
     for name, annotation in getattr(function, "__annotations__", {}).items():
         if isinstance(annotation, str):
-            try:
-                annotation = eval(
-                    annotation, dict(globalns)
-                )  # annotations are code of the agent's own module
+            try:  # an annotation is code of the agent's own module (never configuration text)
+                annotation = eval(annotation, dict(globalns))
             except Exception:
                 continue  # e.g. a forward reference to a name only imported under TYPE_CHECKING
         hints[name] = annotation
     return hints
-
-
-def check_device(device: str) -> str:
-    """``device`` if torch can use it (``auto``, ``cpu``, ``cuda[:N]`` with a visible GPU), else UserError."""
-    import torch
-
-    if device == "auto":
-        return device
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a torch device; use auto, cpu or cuda[:N]") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu (or auto)")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise UserError(
-            f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); pick another index"
-        )
-    return device
-
-
-# ----------------------------------------------------------------------------------------------- zoo look-up
-
-
-@dataclass
-class ZooEntry:
-    """The zoo block chosen for an environment: its key in the YAML file, its values and their source."""
-
-    key: str
-    values: dict[str, Any]
-    source: str
-
-
-def zoo_entry(algo: str, env_id: str, atari: bool) -> ZooEntry:
-    """The block for ``env_id`` (full id): its own entry, else ``atari`` for Atari games, else ``default``."""
-    zoo = load_zoo(algo)
-    sources = entry_sources(algo)
-    for key in (env_id, "atari" if atari else None, "default"):
-        if key is not None and key in zoo:
-            return ZooEntry(key, dict(zoo[key]), sources.get(key, ""))
-    return ZooEntry("(none)", {}, "no zoo file for this algorithm: agent defaults")
-
-
-def list_zoo(algo: str) -> list[tuple[str, dict[str, Any], str]]:
-    """(key, values, source) of every entry of ``algo``'s zoo, environment ids first, special blocks last."""
-    zoo = load_zoo(algo)
-    sources = entry_sources(algo)
-    keys = [key for key in zoo if key not in SPECIAL_KEYS] + [key for key in SPECIAL_KEYS if key in zoo]
-    return [(key, zoo[key], sources.get(key, "")) for key in keys]
-
-
-# ----------------------------------------------------------------------------------------- -p key=value
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -175,17 +249,21 @@ def apply_overrides(algo: str, hyperparams: dict[str, Any], overrides: list[str]
     for text in overrides:
         path, value = parse_override(text)
         name = path[0]
+        if name in RENAMED:
+            raise UserError(f"-p {name} is now called {RENAMED[name]}; write -p {RENAMED[name]}=...")
         if name not in parameters and name not in ZOO_KEYS:
             close = _closest(name, [*parameters, *ZOO_KEYS])
             raise UserError(
                 f"unknown hyperparameter {name!r} for {algo}{close}; see `acktr zoo --algo {algo} ENV`"
             )
         if len(path) == 1:
+            if name in NESTED_KEYS and isinstance(value, str):
+                value = parse_notation(value, f"-p {name}")
             annotation = ZOO_KEY_TYPES.get(name, hints.get(name))
             result[name] = check_value(name, value, annotation, parameters.get(name))
             continue
-        if name not in ("policy_kwargs", "normalize", "kfac_kwargs", "rollout_buffer_kwargs"):
-            raise UserError(f"-p {text!r}: {name} has no sub-keys; write -p {name}=VALUE")
+        if name not in NESTED_KEYS:
+            raise UserError(f"-p {text!r}: {name} has no sub-keys; write -p {name}={path[-1]}")
         container = result.get(name)
         container = dict(container) if isinstance(container, dict) else {}
         if name == "policy_kwargs" and len(path) == 2:
@@ -201,8 +279,6 @@ def apply_overrides(algo: str, hyperparams: dict[str, Any], overrides: list[str]
 
 
 def _closest(name: str, candidates: list[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, candidates, n=3)
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
@@ -288,26 +364,15 @@ def _matches(value: Any, annotation: Any) -> tuple[bool, Any]:
     return True, value
 
 
-_ACTIVATIONS: dict[str, str] = {
-    "tanh": "Tanh",
-    "relu": "ReLU",
-    "elu": "ELU",
-    "leaky_relu": "LeakyReLU",
-    "leakyrelu": "LeakyReLU",
-    "gelu": "GELU",
-    "silu": "SiLU",
-    "selu": "SELU",
-}
-
-
 def check_policy_kwarg(key: str, value: Any, policy: Any, agent_class: Any) -> Any:
     """Type-check one ``policy_kwargs.<key>`` override against the policy class constructor."""
     if key == "activation_fn":
-        if not isinstance(value, str) or value.lower() not in _ACTIVATIONS:
+        name = canonical_name(value) if isinstance(value, str) else None
+        if name is None or not name.startswith("nn."):
             raise UserError(
                 f"-p policy_kwargs.activation_fn={value!r}: choose one of {', '.join(_ACTIVATIONS)}"
             )
-        return value.lower()
+        return name
     policy_class: Any = agent_class.policy_aliases.get(policy, policy) if isinstance(policy, str) else policy
     if not isinstance(policy_class, type):
         return value
@@ -325,17 +390,26 @@ def check_policy_kwarg(key: str, value: Any, policy: Any, agent_class: Any) -> A
     return check_value(f"policy_kwargs.{key}", value, _type_hints(constructor).get(key), parameters[key])
 
 
+def check_nested_keys(name: str, value: Any, allowed: list[str]) -> None:
+    """UserError naming the first key of the mapping ``value`` that is not in ``allowed``."""
+    if not isinstance(value, dict):
+        raise UserError(f"{name} must be a mapping, got {type(value).__name__} {value!r}")
+    for key in value:
+        if key not in allowed:
+            raise UserError(
+                f"unknown {name} key {key!r}{_closest(str(key), allowed)}; valid keys: {', '.join(allowed)}"
+            )
+
+
 # ------------------------------------------------------------------------------------- config -> kwargs
 
 
-def build_schedule(value: Any) -> Any:
+def build_schedule(value: Any, name: str = "learning_rate") -> Any:
     """``"lin_0.25"`` -> SB3 ``LinearSchedule`` from 0.25 to 0; numbers pass through."""
     if isinstance(value, str):
         match = _SCHEDULE.match(value)
         if match is None:
-            raise UserError(
-                f"learning_rate {value!r} is not a number or lin_<start>; e.g. -p learning_rate=lin_0.25"
-            )
+            raise UserError(f"{name} {value!r} is not a number or lin_<start>; e.g. -p {name}=lin_0.25")
         from stable_baselines3.common.utils import LinearSchedule
 
         return LinearSchedule(start=float(match["start"]), end=0.0, end_fraction=1.0)
@@ -343,47 +417,43 @@ def build_schedule(value: Any) -> Any:
 
 
 def build_agent_kwargs(hyperparams: dict[str, Any]) -> dict[str, Any]:
-    """Constructor keywords from a resolved (YAML-safe) hyperparameter dict: zoo keys out, objects built."""
-    kwargs = {key: value for key, value in hyperparams.items() if key not in ZOO_KEYS or key == "policy"}
+    """Constructor keywords from YAML-safe hyperparameters: schedules and named classes built."""
+    kwargs = dict(hyperparams)
     for key in ("learning_rate", "clip_range", "clip_range_vf"):
         if key in kwargs:
-            kwargs[key] = build_schedule(kwargs[key])
+            kwargs[key] = build_schedule(kwargs[key], key)
     policy_kwargs = kwargs.get("policy_kwargs")
     if isinstance(policy_kwargs, str):
-        raise UserError("policy_kwargs must be a mapping in YAML (not a python string); rewrite it as a dict")
+        policy_kwargs = parse_notation(policy_kwargs, "policy_kwargs")
     if isinstance(policy_kwargs, dict):
-        policy_kwargs = dict(policy_kwargs)
-        activation = policy_kwargs.get("activation_fn")
-        if isinstance(activation, str):
-            from torch import nn
-
-            policy_kwargs["activation_fn"] = getattr(nn, _ACTIVATIONS.get(activation.lower(), activation))
+        policy_kwargs = {key: resolve_named(value) for key, value in policy_kwargs.items()}
         kwargs["policy_kwargs"] = policy_kwargs
     return kwargs
 
 
-def normalize_kwargs(value: Any, gamma: float) -> dict[str, Any] | None:
-    """VecNormalize keywords from the zoo's ``normalize`` (true, false or a dict), or None when off."""
-    if value in (None, False):
-        return None
-    if value is True:
-        return {"gamma": gamma}
-    if isinstance(value, dict):
-        return {"gamma": gamma, **value}
-    raise UserError(f"normalize={value!r}: write true, false or a mapping such as {{norm_reward: false}}")
+def yaml_safe_default(value: Any) -> tuple[bool, Any]:
+    """Whether a constructor default can be written into config.yml, and how."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True, value
+    start, end, fraction = (getattr(value, name, None) for name in ("start", "end", "end_fraction"))
+    if type(value).__name__ == "LinearSchedule" and end == 0.0 and fraction == 1.0:
+        return True, f"lin_{start}"
+    return False, None
 
 
 __all__ = [
-    "ALGORITHMS",
+    "NAMED_OBJECTS",
     "ZOO_KEYS",
-    "UserError",
     "ZooEntry",
-    "algorithm_class",
+    "agent_parameters",
     "apply_overrides",
     "build_agent_kwargs",
-    "check_device",
+    "check_nested_keys",
+    "check_value",
     "list_zoo",
-    "normalize_kwargs",
+    "parse_notation",
     "parse_override",
+    "read_zoo_values",
+    "resolve_named",
     "zoo_entry",
 ]
