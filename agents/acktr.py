@@ -7,6 +7,7 @@ this module adds the constructor and ``train()``. See DESIGN §3 for the maths a
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -26,7 +27,13 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import LinearSchedule, explained_variance
 from torch.nn import functional as F
 
-from acktr.agents.fisher import evaluate_with_distribution, mean_kl, sampled_fisher_loss, snapshot
+from acktr.agents.fisher import (
+    check_fisher_reduction,
+    evaluate_with_distribution,
+    mean_kl,
+    sampled_fisher_loss,
+    snapshot,
+)
 from acktr.agents.optim import KFACOptimizer
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
@@ -43,6 +50,8 @@ LR_MULTIPLIER_BOUNDS = (1e-3, 1e3)
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"ACKTR: {name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"ACKTR: {name} must be finite, got {value!r}")
     return float(value)
 
 
@@ -305,6 +314,7 @@ class ACKTR(OnPolicyAlgorithm):
         self.vf_fisher_coef = vf_fisher_coef
         self.update_inverses_every = update_inverses_every
         self.kfac_kwargs = dict(kfac_kwargs or {})
+        check_fisher_reduction(self.kfac_kwargs)
         overlap = sorted(set(self.kfac_kwargs) & set(CURVATURE_SETTINGS))
         if overlap:
             raise ValueError(

@@ -10,6 +10,8 @@ loss for every distribution SB3's ``ActorCriticPolicy`` can produce, plus the cr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch as th
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
@@ -87,6 +89,16 @@ def sampled_fisher_loss(
     sampled_targets = (values + th.randn_like(values)).detach()
     value_fisher_loss = (values - sampled_targets).pow(2).mean()
     return policy_fisher_loss + vf_fisher_coef * value_fisher_loss
+
+
+def check_fisher_reduction(kfac_kwargs: dict[str, Any]) -> None:
+    """The losses here are batch means: ``KFAC(loss_reduction="sum")`` would make every G B² too small."""
+    reduction = kfac_kwargs.get("loss_reduction", "mean")
+    if reduction != "mean":
+        raise ValueError(
+            f"kfac_kwargs['loss_reduction']={reduction!r}: the sampled Fisher loss is a batch mean, so it "
+            "must be 'mean' (or left out)"
+        )
 
 
 def evaluate_with_distribution(

@@ -36,7 +36,7 @@ from stable_baselines3.common.policies import (
 )
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 
-from acktr.agents.fisher import evaluate_with_distribution, sampled_fisher_loss
+from acktr.agents.fisher import check_fisher_reduction, evaluate_with_distribution, sampled_fisher_loss
 from acktr.agents.optim import KFACOptimizer
 
 # Defaults of the optimizer inside the K-FAC policies (ACKTR's published settings, no cold start).
@@ -55,6 +55,7 @@ class _KFACPolicyMixin:
     def _init_kfac(self, kfac_kwargs: dict[str, Any] | None, vf_fisher_coef: float) -> None:
         # Set before the SB3 constructor runs, because it calls _build().
         self.kfac_kwargs = {**DEFAULT_POLICY_KFAC_KWARGS, **(kfac_kwargs or {})}
+        check_fisher_reduction(self.kfac_kwargs)
         self.vf_fisher_coef = vf_fisher_coef
 
     def _build(self, lr_schedule: Schedule) -> None:

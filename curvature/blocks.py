@@ -50,7 +50,9 @@ class KFACBlock:
         gradient_factor: running ``G``, ``(d_out, d_out)``.
         activation_eigen / gradient_eigen: eigendecompositions used by ``inverse_method="eigen"``.
         activation_inverse / gradient_inverse: damped inverses used by ``inverse_method="cholesky"``.
-        statistics_updates: number of running-average updates so far (drives the cold start).
+        statistics_updates: number of statistics batches received so far.
+        finite_updates: 0-dim tensor, the number of those that were finite (drives the cold start; a tensor so
+            that skipping a non-finite batch needs no host sync).
         decomposition_failures: refreshes that failed in float32 and float64 and kept the previous result.
     """
 
@@ -60,6 +62,7 @@ class KFACBlock:
         "gradient_factor",
         "activation_inverse",
         "gradient_inverse",
+        "finite_updates",
     )
 
     def __init__(self, module: nn.Module, name: str, *, factor_dtype: torch.dtype) -> None:
@@ -73,6 +76,7 @@ class KFACBlock:
         self.activation_inverse: Tensor | None = None
         self.gradient_inverse: Tensor | None = None
         self.statistics_updates = 0
+        self.finite_updates: Tensor | None = None
         self.decomposition_failures = 0
         self.reset_accumulators()
 
@@ -139,19 +143,30 @@ class KFACBlock:
             return None
         return self._activation_mean, self._gradient_mean
 
-    def update_factors(self, activation_new: Tensor, gradient_new: Tensor, decay: float) -> None:
-        """``F ← decay·F + (1 − decay)·F_new``; non-finite new statistics are skipped without a host sync."""
+    def update_factors(
+        self, activation_new: Tensor, gradient_new: Tensor, *, decay: float, cold_iter: int
+    ) -> None:
+        """``F ← (1 − w)·F + w·F_new``: a plain average over the first ``cold_iter`` finite batches, then an
+        exponential one (``w = 1 − decay``). Non-finite batches are skipped without a host sync: they
+        neither enter the factors nor count, so the first finite batch still initialises them."""
         # A sum is non-finite iff some element is (NaN/inf propagate): one cheap reduction per factor.
         finite = torch.isfinite(activation_new.sum()) & torch.isfinite(gradient_new.sum())
-        if self.activation_factor is None or self.gradient_factor is None:
+        if self.activation_factor is None or self.gradient_factor is None or self.finite_updates is None:
             # A first batch with NaNs must not become the factor: zeros make the damping alone act,
             # i.e. a plain gradient step that the trust region still bounds.
             self.activation_factor = torch.where(finite, activation_new, torch.zeros_like(activation_new))
             self.gradient_factor = torch.where(finite, gradient_new, torch.zeros_like(gradient_new))
+            self.finite_updates = finite.to(self.factor_dtype)
         else:
-            weight = 1.0 - decay
+            count = self.finite_updates
+            # plain average while cold (and always over a zero-initialised factor: count 0), then exponential
+            cold = count < max(cold_iter, 1)
+            exponential = torch.full_like(count, 1.0 - decay)
+            weight = torch.where(cold, (1.0 / (count + 1.0)).clamp(min=1.0 - decay), exponential)
+            weight = torch.where(finite, weight, torch.zeros_like(weight))
             self.activation_factor.lerp_(torch.where(finite, activation_new, self.activation_factor), weight)
             self.gradient_factor.lerp_(torch.where(finite, gradient_new, self.gradient_factor), weight)
+            self.finite_updates = count + finite.to(count.dtype)
         self.statistics_updates += 1
 
     # ----------------------------------------------------------------- inverses
@@ -235,8 +250,11 @@ class KFACBlock:
         def to_device(value: Tensor | None) -> Tensor | None:
             return None if value is None else value.to(device=device, dtype=self.factor_dtype)
 
+        if "finite_updates" not in state and state.get("activation_factor") is not None:
+            # state saved before finite batches were counted apart: every batch counted
+            state = {**state, "finite_updates": torch.tensor(float(state["statistics_updates"]))}
         for name in self._TENSOR_STATE:
-            setattr(self, name, to_device(state[name]))
+            setattr(self, name, to_device(state.get(name)))
         for prefix in ("activation", "gradient"):
             values = to_device(state[f"{prefix}_eigenvalues"])
             vectors = to_device(state[f"{prefix}_eigenvectors"])

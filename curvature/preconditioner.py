@@ -454,11 +454,7 @@ class KFAC:
             pending = block.pending_statistics()
             if pending is None:
                 continue
-            updates = block.statistics_updates
-            decay = self.factor_decay
-            if updates < self.cold_iter:
-                decay = min(decay, updates / (updates + 1))  # plain average during the cold start
-            block.update_factors(*pending, decay=decay)
+            block.update_factors(*pending, decay=self.factor_decay, cold_iter=self.cold_iter)
         self._factor_seconds += time.perf_counter() - start
 
     # ----------------------------------------------------------------- preconditioning
@@ -524,8 +520,9 @@ class KFAC:
             # e.g. nn.MultiheadAttention's out_proj, whose weight is used without calling its forward()
             self._warned_missing_statistics = True
             warnings.warn(
-                f"K-FAC has no statistics for layers {without_statistics} (their forward() never ran inside "
-                "collect_statistics()); their gradients are used unpreconditioned",
+                f"K-FAC has no statistics for layers {without_statistics} (no forward and backward pass "
+                "reached them inside collect_statistics(), e.g. the statistics loss does not use them); "
+                "their gradients are used unpreconditioned",
                 UserWarning,
                 stacklevel=2,
             )
