@@ -167,6 +167,26 @@ LIVE_KFAC_OPTIONS: tuple[str, ...] = ("inverse_method", "update_factors_every")
 _MISSING = object()
 
 
+class _PhaseClock:
+    """Accumulates the wall time since the previous ``lap`` under a phase name (milliseconds)."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases = phases
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + 1e3 * (now - self.last)
+        self.last = now
+
+
+def _rows(observations: Any, index: th.Tensor) -> Any:
+    """The rows ``index`` of a batch of observations (a tensor or a dict of tensors)."""
+    if isinstance(observations, dict):
+        return {key: value.index_select(0, index) for key, value in observations.items()}
+    return observations.index_select(0, index)
+
+
 class ACKTR(OnPolicyAlgorithm):
     """Actor Critic using Kronecker-Factored Trust Region — a drop-in replacement for SB3's ``A2C``.
 
@@ -449,22 +469,53 @@ class ACKTR(OnPolicyAlgorithm):
         kfac = optimizer.kfac
         cold = optimizer.in_cold_start
 
+        phases: dict[str, float] = {}  # wall time of each part of the update (ms; CUDA: launch time)
+        clock = _PhaseClock(phases)
         for rollout_data in self.rollout_buffer.get(batch_size=None):
             actions = rollout_data.actions
             if isinstance(self.action_space, spaces.Discrete):
                 actions = actions.long().flatten()
+            observations = rollout_data.observations
 
-            # One forward pass feeds both losses; only the Fisher backward runs with the hooks on.
-            with kfac.collect_statistics():
+            collect = kfac.collects_next()  # update_factors_every > 1 skips the statistics pass in between
+            subset = kfac.statistics_subset(len(actions), device=actions.device) if collect else None
+            old_distribution = None
+            if not collect:
+                with kfac.collect_statistics():  # inactive: only advances the statistics schedule
+                    pass
                 values, log_prob, entropy, distribution = evaluate_with_distribution(
-                    self.policy, rollout_data.observations, actions
+                    self.policy, observations, actions
                 )
-                kfac_start = time.perf_counter()  # curvature time: Fisher backward, factors, precondition
-                fisher_loss = sampled_fisher_loss(distribution, values, self.vf_fisher_coef)
-                optimizer.zero_grad()
-                fisher_loss.backward(retain_graph=True)
-            kfac_ms = 1e3 * (time.perf_counter() - kfac_start)
-            old_distribution = snapshot(distribution)
+                clock.lap("forward")
+            elif subset is None:
+                # One forward pass feeds both losses; only the Fisher backward runs with the hooks on.
+                with kfac.collect_statistics():
+                    values, log_prob, entropy, distribution = evaluate_with_distribution(
+                        self.policy, observations, actions
+                    )
+                    clock.lap("forward")
+                    fisher_loss = sampled_fisher_loss(distribution, values, self.vf_fisher_coef)
+                    optimizer.zero_grad()
+                    fisher_loss.backward(retain_graph=True)
+                clock.lap("fisher_backward")
+                old_distribution, kl_observations = snapshot(distribution), observations
+            else:
+                # Statistics from a random subset: its own forward and Fisher backward (both shrink), then
+                # the training forward over the whole batch without hooks. The KL is measured on the subset.
+                kl_observations = _rows(observations, subset)
+                with kfac.collect_statistics():
+                    sub_values, _, _, sub_distribution = evaluate_with_distribution(
+                        self.policy, kl_observations, actions[subset]
+                    )
+                    fisher_loss = sampled_fisher_loss(sub_distribution, sub_values, self.vf_fisher_coef)
+                    optimizer.zero_grad()
+                    fisher_loss.backward()
+                old_distribution = snapshot(sub_distribution)
+                clock.lap("fisher_backward")
+                values, log_prob, entropy, distribution = evaluate_with_distribution(
+                    self.policy, observations, actions
+                )
+                clock.lap("forward")
             values = values.flatten()
 
             advantages = rollout_data.advantages
@@ -479,13 +530,15 @@ class ACKTR(OnPolicyAlgorithm):
             loss.backward()
             if cold:
                 th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-            step_start = time.perf_counter()
+            clock.lap("backward")
             optimizer.step()  # preconditions with kfac.precondition(lr=η) unless cold
-            if not cold:
-                kfac_ms += 1e3 * (time.perf_counter() - step_start)
+            clock.lap("step")
 
-            with th.no_grad():
-                kl = mean_kl(old_distribution, self.policy.get_distribution(rollout_data.observations))
+            kl = None  # measured on the updates that collect statistics (on their subset)
+            if old_distribution is not None:
+                with th.no_grad():
+                    kl = mean_kl(old_distribution, self.policy.get_distribution(kl_observations)).item()
+            clock.lap("kl")
 
         explained_var = explained_variance(
             self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
@@ -499,10 +552,12 @@ class ACKTR(OnPolicyAlgorithm):
         self.logger.record("train/value_loss", value_loss.item())
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
-        self.logger.record("train/kl", kl.item())
+        if kl is not None:
+            self.logger.record("train/kl", kl)
         if getattr(self, "target_kl", None) is not None:
-            if not cold:  # cold steps are plain-gradient steps of a fixed size: their KL says nothing about η
-                self._adapt_learning_rate(kl.item())
+            # cold steps are plain-gradient steps of a fixed size: their KL says nothing about η
+            if not cold and kl is not None:
+                self._adapt_learning_rate(kl)
             self.logger.record("train/target_kl", float(self.target_kl))  # type: ignore[arg-type]
             self.logger.record("train/lr_multiplier", self.lr_multiplier)
         self.logger.record("train/kl_clip", float("nan") if kfac.kl_clip is None else float(kfac.kl_clip))
@@ -514,7 +569,14 @@ class ACKTR(OnPolicyAlgorithm):
         self.logger.record("train/damping", float(kfac.damping))
         self.logger.record("train/eigh_failures", 0 if info is None else int(info.eigh_failures))
         self.logger.record("train/cold_start", int(cold))
-        self.logger.record("time/kfac_ms", kfac_ms)
+        # curvature time: the Fisher backward with its statistics and the preconditioned step
+        curvature_ms = phases.get("fisher_backward", 0.0) + (0.0 if cold else phases["step"])
+        self.logger.record("time/kfac_ms", curvature_ms)
+        for phase, milliseconds in phases.items():
+            self.logger.record(f"time/update_{phase}_ms", milliseconds)
+        if info is not None:
+            self.logger.record("time/inverse_ms", info.inverse_ms)
+        self.last_update_ms = phases
 
     def learn(
         self: SelfACKTR,

@@ -232,3 +232,108 @@ def trust_region_scale(natural_grad_dot: Tensor, lr: float, kl_clip: float | Non
     tiny = torch.finfo(natural_grad_dot.dtype).tiny
     quadratic = (lr * lr) * natural_grad_dot.clamp_min(tiny)
     return torch.sqrt(kl_clip / quadratic).clamp(max=1.0)
+
+
+# ------------------------------------------------------------------------------------------ low rank
+
+
+class LowRankEigen(NamedTuple):
+    """``factor ≈ U diag(values) Uᵀ + residual (I − U Uᵀ)``: the top-k eigenpairs plus an isotropic rest.
+
+    Shapes: ``eigenvalues (k,)``, ``eigenvectors (d, k)`` (orthonormal columns), ``residual`` 0-dim (the mean
+    of the remaining ``d − k`` eigenvalues; 0 when ``k = d``).
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    residual: Tensor
+
+    @property
+    def full_rank(self) -> bool:
+        return self.eigenvectors.shape[1] == self.eigenvectors.shape[0]
+
+
+def low_rank_eigh(
+    factor: Tensor, rank: int, *, oversample: int = 16, iterations: int = 2
+) -> LowRankEigen | None:
+    """Top-``rank`` eigenpairs of a symmetric PSD ``(d, d)`` factor by randomized subspace iteration
+    (Halko, Martinsson & Tropp 2011), the rest of the spectrum as its mean (trace-preserving).
+
+    Cost ``O(d² (rank + oversample) (iterations + 1))`` instead of eigh's ``O(d³)``; for ``rank + oversample
+    >= d`` it is an exact :func:`safe_eigh`. Returns None when the computation fails (non-finite values).
+    """
+    dim = factor.shape[0]
+    if rank + oversample >= dim:
+        exact = safe_eigh(factor)
+        if exact is None:
+            return None
+        zero = torch.zeros((), dtype=factor.dtype, device=factor.device)
+        return LowRankEigen(exact.eigenvalues, exact.eigenvectors, zero)
+    matrix = symmetrise(factor)
+    try:
+        basis = torch.randn(dim, rank + oversample, dtype=matrix.dtype, device=matrix.device)
+        basis, _ = torch.linalg.qr(matrix @ basis)
+        for _ in range(iterations):
+            basis, _ = torch.linalg.qr(matrix @ basis)
+        small = symmetrise(basis.T @ matrix @ basis)
+        values, vectors = torch.linalg.eigh(small)
+    except (RuntimeError, torch.linalg.LinAlgError):
+        return None
+    values, vectors = values[-rank:].clamp_min(0.0), basis @ vectors[:, -rank:]
+    residual = ((torch.diagonal(matrix).sum() - values.sum()) / (dim - rank)).clamp_min(0.0)
+    if not (bool(torch.isfinite(values).all()) and bool(torch.isfinite(vectors).all())):
+        return None
+    return LowRankEigen(values, vectors, residual)
+
+
+def low_rank_precondition(
+    grad_matrix: Tensor, activation: LowRankEigen, gradient: LowRankEigen, damping: float
+) -> Tensor:
+    """``(Â ⊗ Ĝ + λI)⁻¹ vec(V)`` for low-rank-plus-isotropic factors, exactly, in ``O(d_out d_in k)``.
+
+    With ``P = U Uᵀ`` on each side, ``V`` splits into four parts (top/rest of ``G`` × top/rest of ``A``),
+    each an eigenspace of ``Â ⊗ Ĝ``: ``Q_Gᵀ V Q_A`` is divided by ``g aᵀ + λ``, the top-of-``G`` ×
+    rest-of-``A`` part by ``g σ_A + λ``, the rest × top part by ``σ_G a + λ`` and the rest × rest part by
+    ``σ_G σ_A + λ``.
+
+    Args:
+        grad_matrix: ``V`` ``(d_out, d_in')``; ``activation`` over ``d_in'``, ``gradient`` over ``d_out``.
+
+    Returns:
+        ``(d_out, d_in')``.
+    """
+    q_a, a = activation.eigenvectors, activation.eigenvalues
+    q_g, g = gradient.eigenvectors, gradient.eigenvalues
+    v_qa = grad_matrix @ q_a  # (d_out, k_a)
+    core = q_g.T @ v_qa  # (k_g, k_a)
+    result = q_g @ (core / (torch.outer(g, a) + damping)) @ q_a.T
+    if not activation.full_rank:
+        top_rest = q_g.T @ grad_matrix - core @ q_a.T  # Q_Gᵀ V (I − P_A): (k_g, d_in')
+        result = result + q_g @ (top_rest / (g * activation.residual + damping)[:, None])
+    if not gradient.full_rank:
+        rest_top = v_qa - q_g @ core  # (I − P_G) V Q_A: (d_out, k_a)
+        result = result + (rest_top / (gradient.residual * a + damping)[None, :]) @ q_a.T
+        if not activation.full_rank:
+            rest_rest = grad_matrix - q_g @ (q_g.T @ grad_matrix) - v_qa @ q_a.T + q_g @ core @ q_a.T
+            result = result + rest_rest / (gradient.residual * activation.residual + damping)
+    return result
+
+
+# ------------------------------------------------------------------------------------ Kronecker vectors
+
+
+def kronecker_vector_precondition(
+    grad_matrix: Tensor, activation_vector: Tensor, gradient_vector: Tensor, damping: float
+) -> Tensor:
+    """Eva (Zhang, Shi & Li 2022): ``((ā āᵀ) ⊗ (ḡ ḡᵀ) + λI)⁻¹ vec(V)`` by Sherman–Morrison, ``O(d_out d_in)``:
+
+    ``Δ = (V − ḡ (ḡᵀ V ā) āᵀ / (λ + ‖ā‖² ‖ḡ‖²)) / λ``.
+
+    Args:
+        grad_matrix: ``V`` ``(d_out, d_in')``; ``activation_vector`` ā ``(d_in',)``; ``gradient_vector`` ḡ
+            ``(d_out,)``.
+    """
+    projection = gradient_vector @ grad_matrix @ activation_vector
+    norm = activation_vector.square().sum() * gradient_vector.square().sum()
+    correction = torch.outer(gradient_vector, activation_vector) * (projection / (damping + norm))
+    return (grad_matrix - correction) / damping

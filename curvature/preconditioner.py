@@ -17,6 +17,7 @@ It knows nothing about reinforcement learning.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,12 +28,14 @@ import torch
 from torch import Tensor, nn
 
 from acktr.curvature import kfac_math
-from acktr.curvature.blocks import INVERSE_METHODS, KFACBlock, block_class_for
+from acktr.curvature.approximations import APPROXIMATIONS, KroneckerFactors, make_approximation
+from acktr.curvature.blocks import KFACBlock
+from acktr.curvature.layers import adapter_class_for
 
 LOSS_REDUCTIONS = ("mean", "sum")
 # Largest Kronecker factor side covered by default: 8192² floats are 268 MB (eigendecomposition: minutes).
 DEFAULT_MAX_FACTOR_DIM = 8192
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass
@@ -97,6 +100,13 @@ def _check_positive_number(name: str, value: Any, *, allow_zero: bool = False) -
     return float(value)
 
 
+def _check_fraction(name: str, value: Any) -> float:
+    fraction = _check_positive_number(name, value)
+    if fraction > 1.0:
+        raise ValueError(f"KFAC: {name} must be in (0, 1], got {value!r}")
+    return fraction
+
+
 def _check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"KFAC: {name} must be an int, got {type(value).__name__} {value!r}")
@@ -121,8 +131,19 @@ class KFAC:
         update_inverses_every: refresh decompositions on every n-th :meth:`precondition` call.
         cold_iter: the cold start: plain (equal-weight) averaging of the first ``cold_iter`` statistics
             updates, then exponential averaging with ``factor_decay`` (baselines' ``cold_iter``).
-        inverse_method: ``"eigen"`` (exact Tikhonov damping via eigendecompositions; the default) or
-            ``"cholesky"`` (factored π-damping with Cholesky inverses, cheaper to refresh).
+        curvature: the approximation (:mod:`acktr.curvature.approximations`): ``"eigen"`` (K-FAC, exact
+            Tikhonov damping via eigendecompositions; the default), ``"cholesky"`` (factored π-damping with
+            Cholesky inverses, cheaper to refresh), ``"lowrank"`` (top-``rank`` eigenpairs of wide factors
+            plus an isotropic rest: cheap refresh and apply for wide layers) or ``"eva"`` (Kronecker vectors,
+            rank-one factors inverted by Sherman–Morrison: the cheapest).
+        inverse_method: former name of ``curvature`` (``"eigen"``/``"cholesky"``); prefer ``curvature``.
+        rank: eigenpairs kept per factor by ``curvature="lowrank"``.
+        statistics_fraction: fraction of a batch the caller should run the statistics pass on
+            (:meth:`statistics_subset` draws the rows); 1 uses the whole batch.
+        row_fraction: fraction of a convolution's (example, position) rows used for its factors, drawn
+            uniformly at random (unbiased); 1 uses all.
+        stagger_refresh: spread the layers' decomposition refreshes over the ``update_inverses_every`` steps
+            (largest first, greedily balanced), so one update does not pay for every layer at once.
         factor_dtype: dtype of factors and decompositions; default float32 (float64 for float64 models).
         modules: restrict coverage to these modules (default: every supported submodule).
         loss_reduction: ``"mean"`` if the statistics loss is a mean over the batch (backprop gradients are
@@ -148,7 +169,12 @@ class KFAC:
         update_factors_every: int = 1,
         update_inverses_every: int = 10,
         cold_iter: int = 10,
-        inverse_method: str = "eigen",
+        curvature: str = "eigen",
+        inverse_method: str | None = None,
+        rank: int = 64,
+        statistics_fraction: float = 1.0,
+        row_fraction: float = 1.0,
+        stagger_refresh: bool = False,
         factor_dtype: torch.dtype | None = None,
         modules: Iterable[nn.Module] | None = None,
         loss_reduction: str = "mean",
@@ -168,7 +194,19 @@ class KFAC:
         self.update_factors_every = update_factors_every
         self.update_inverses_every = update_inverses_every
         self.cold_iter = cold_iter
-        self.inverse_method = inverse_method
+        if inverse_method is not None:
+            if inverse_method not in ("eigen", "cholesky"):
+                raise ValueError(
+                    f"KFAC: inverse_method must be 'eigen' or 'cholesky', got {inverse_method!r}"
+                )
+            curvature = inverse_method
+        if curvature not in APPROXIMATIONS:
+            raise ValueError(f"KFAC: curvature must be one of {', '.join(APPROXIMATIONS)}, got {curvature!r}")
+        self._curvature = curvature
+        self.rank = _check_positive_int("rank", rank)
+        self.statistics_fraction = _check_fraction("statistics_fraction", statistics_fraction)
+        self.row_fraction = _check_fraction("row_fraction", row_fraction)
+        self.stagger_refresh = bool(stagger_refresh)
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"KFAC: loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
         self.loss_reduction = loss_reduction
@@ -198,10 +236,10 @@ class KFAC:
     @damping.setter
     def damping(self, value: float) -> None:
         damping = _check_positive_number("damping", value)
-        if getattr(self, "_damping", damping) != damping and self.inverse_method == "cholesky":
-            # factored damping is baked into the Cholesky inverses: recompute them at the next step
-            for block in self.blocks:
-                block.clear_curvature()
+        if getattr(self, "_damping", damping) != damping:
+            for block in getattr(self, "blocks", ()):
+                if block.approximation.damping_is_baked_in():  # e.g. factored damping in Cholesky inverses
+                    block.clear_curvature()
         self._damping = damping
 
     @property
@@ -247,18 +285,43 @@ class KFAC:
         self._cold_iter = _check_positive_int("cold_iter", value, allow_zero=True)
 
     @property
+    def curvature(self) -> str:
+        """The approximation kind; assigning another one takes effect at the next step (K-FAC factors are
+        carried over between the Kronecker kinds; other changes restart the statistics)."""
+        return self._curvature
+
+    @curvature.setter
+    def curvature(self, value: str) -> None:
+        if value not in APPROXIMATIONS:
+            raise ValueError(f"KFAC: curvature must be one of {', '.join(APPROXIMATIONS)}, got {value!r}")
+        if value == self._curvature:
+            return
+        for block in self.blocks:
+            old = block.approximation
+            new = self._approximation_for(block.layer, old.dtype, value)
+            if isinstance(old, KroneckerFactors) and isinstance(new, KroneckerFactors):
+                new.set_running(*old.running())  # type: ignore[arg-type]
+                new.finite_updates, new.statistics_updates = old.finite_updates, old.statistics_updates
+            block.approximation = new
+        self._curvature = value
+
+    @property
     def inverse_method(self) -> str:
-        return self._inverse_method
+        """Former name of :attr:`curvature`."""
+        return self._curvature
 
     @inverse_method.setter
     def inverse_method(self, value: str) -> None:
-        if value not in INVERSE_METHODS:
-            raise ValueError(f"KFAC: inverse_method must be one of {INVERSE_METHODS}, got {value!r}")
-        if getattr(self, "_inverse_method", value) != value:
-            # the held decompositions/inverses belong to the old method: refresh at the next step
-            for block in getattr(self, "blocks", ()):
-                block.clear_curvature()
-        self._inverse_method = value
+        self.curvature = value
+
+    def statistics_subset(self, batch_size: int, device: torch.device | str | None = None) -> Tensor | None:
+        """Indices of the rows the statistics pass should use (``statistics_fraction`` of ``batch_size``,
+        uniformly at random without replacement), or None for the whole batch."""
+        keep = max(1, math.ceil(self.statistics_fraction * batch_size))
+        if keep >= batch_size:
+            return None
+        device = device if device is not None else self.blocks[0].parameters()[0].device
+        return torch.randperm(batch_size, device=device)[:keep]
 
     @property
     def group_kl_clips(self) -> list[float | None]:
@@ -282,8 +345,14 @@ class KFAC:
         return float(self.lr()) if callable(self.lr) else float(self.lr)
 
     # ----------------------------------------------------------------- construction
-    @staticmethod
+    def _approximation_for(self, layer: Any, dtype: torch.dtype, curvature: str) -> Any:
+        activation_dim, gradient_dim = layer.factor_dims()
+        return make_approximation(
+            curvature, activation_dim, gradient_dim, has_bias=layer.has_bias, dtype=dtype, rank=self.rank
+        )
+
     def _make_blocks(
+        self,
         model: nn.Module,
         modules: Iterable[nn.Module] | None,
         factor_dtype: torch.dtype | None,
@@ -294,15 +363,15 @@ class KFAC:
         uncovered: list[str] = []
         for name, module in model.named_modules():
             own_params = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            block_class = block_class_for(module)
+            adapter_class = adapter_class_for(module)
             selected = wanted is None or id(module) in wanted
-            if block_class is None or not selected or getattr(module, "weight", None) is None:
+            if adapter_class is None or not selected or getattr(module, "weight", None) is None:
                 if own_params:
                     uncovered.append(f"{name or '<root>'} ({type(module).__name__})")
                 continue
             if not module.weight.requires_grad:
                 continue
-            reason = block_class.unsupported_reason(module)
+            reason = adapter_class.unsupported_reason(module)
             if reason is not None:
                 if wanted is not None:
                     raise ValueError(
@@ -313,7 +382,10 @@ class KFAC:
             dtype = factor_dtype
             if dtype is None:
                 dtype = torch.float64 if module.weight.dtype == torch.float64 else torch.float32
-            blocks.append(block_class(module, name, factor_dtype=dtype))
+            layer = adapter_class(module, row_fraction=self.row_fraction)
+            blocks.append(
+                KFACBlock(module, name, layer, self._approximation_for(layer, dtype, self._curvature))
+            )
         if wanted is not None:
             found = {id(block.module) for block in blocks}
             missing = [m for m in model.modules() if id(m) in wanted and id(m) not in found]
@@ -393,6 +465,11 @@ class KFAC:
         return list(self._uncovered_parameters)
 
     # ----------------------------------------------------------------- statistics
+    def collects_next(self) -> bool:
+        """Whether the next :meth:`collect_statistics` block records statistics (``update_factors_every``);
+        callers can skip their statistics pass (e.g. a sampled-Fisher backward) when it does not."""
+        return self.statistics_calls % self.update_factors_every == 0
+
     @contextlib.contextmanager
     def collect_statistics(self) -> Iterator[None]:
         """Record ``A`` and ``G`` for the forward and backward passes run inside this block.
@@ -404,7 +481,7 @@ class KFAC:
         """
         if self._collecting:
             raise RuntimeError("KFAC.collect_statistics() blocks cannot be nested")
-        active = self.statistics_calls % self.update_factors_every == 0
+        active = self.collects_next()
         self.statistics_calls += 1
         if not active:
             yield
@@ -451,17 +528,31 @@ class KFAC:
     def _update_factors(self) -> None:
         start = time.perf_counter()
         for block in self.blocks:
-            pending = block.pending_statistics()
-            if pending is None:
-                continue
-            block.update_factors(*pending, decay=self.factor_decay, cold_iter=self.cold_iter)
+            block.update_factors(decay=self.factor_decay, cold_iter=self.cold_iter)
         self._factor_seconds += time.perf_counter() - start
 
     # ----------------------------------------------------------------- preconditioning
+    def _refresh_offsets(self) -> list[int]:
+        """Per block, the phase of its refresh within ``update_inverses_every`` steps (0 for all unless
+        staggered). Largest decompositions first, each to the least loaded phase."""
+        every = self.update_inverses_every
+        key = (every, self.stagger_refresh, len(self.blocks))
+        if getattr(self, "_offsets_key", None) != key:
+            offsets = [0] * len(self.blocks)
+            if self.stagger_refresh and every > 1:
+                load = [0.0] * every
+                costs = [float(sum(d**3 for d in block.factor_dims())) for block in self.blocks]
+                for index in sorted(range(len(costs)), key=lambda i: -costs[i]):
+                    phase = min(range(every), key=lambda p: load[p])
+                    offsets[index] = phase
+                    load[phase] += costs[index]
+            self._offsets, self._offsets_key = offsets, key
+        return self._offsets
+
     def update_curvature(self) -> None:
         """Refresh every block's eigendecompositions (or damped inverses) from its current factors."""
         for block in self.blocks:
-            block.update_curvature(method=self.inverse_method, damping=self.damping)
+            block.update_curvature(damping=self.damping)
 
     @property
     def eigh_failures(self) -> int:
@@ -493,10 +584,12 @@ class KFAC:
                 )
             group_etas = [eta, *(float(value) for value in group_lrs)]
         start = time.perf_counter()
-        refresh = self.steps % self.update_inverses_every == 0
-        for block in self.blocks:
-            if refresh or (block.has_factors and not block.has_curvature):
-                block.update_curvature(method=self.inverse_method, damping=self.damping)
+        refreshed = False
+        for block, offset in zip(self.blocks, self._refresh_offsets(), strict=True):
+            due = (self.steps + offset) % self.update_inverses_every == 0
+            if due or (block.has_factors and not block.has_curvature):
+                block.update_curvature(damping=self.damping)
+                refreshed = True
         inverse_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -560,7 +653,7 @@ class KFAC:
             predicted_kl=predicted_kl,
             natural_grad_dot=natural_grad_dot,
             eigh_failures=self.eigh_failures,
-            inverses_updated=refresh,
+            inverses_updated=refreshed,
             factor_ms=1000.0 * factor_seconds,
             inverse_ms=1000.0 * inverse_seconds,
             precondition_ms=1000.0 * precondition_seconds,
@@ -575,13 +668,21 @@ class KFAC:
             "version": STATE_VERSION,
             "steps": self.steps,
             "statistics_calls": self.statistics_calls,
-            "inverse_method": self.inverse_method,
+            "curvature": self.curvature,
             "blocks": {block.name: block.state_dict() for block in self.blocks},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "blocks" not in state:
+        if (
+            not isinstance(state, dict)
+            or state.get("version") not in (1, STATE_VERSION)
+            or "blocks" not in state
+        ):
             raise ValueError("KFAC.load_state_dict: not a KFAC state_dict (missing version/blocks)")
+        # version 1 named the approximation inverse_method; a state of another kind switches this KFAC to it
+        saved_curvature = str(state.get("curvature", state.get("inverse_method", self.curvature)))
+        if saved_curvature != self.curvature:
+            self.curvature = saved_curvature
         saved_names = list(state["blocks"])
         names = [block.name for block in self.blocks]
         if sorted(saved_names) != sorted(names):
@@ -594,11 +695,10 @@ class KFAC:
             block.load_state_dict(state["blocks"][block.name], device=device)
         self.steps = int(state["steps"])
         self.statistics_calls = int(state["statistics_calls"])
-        self.inverse_method = str(state.get("inverse_method", self.inverse_method))
 
     def __repr__(self) -> str:
         layers = ", ".join(f"{block.name or '<root>'}:{type(block).__name__}" for block in self.blocks)
         return (
             f"KFAC(damping={self.damping}, kl_clip={self.kl_clip}, factor_decay={self.factor_decay}, "
-            f"inverse_method={self.inverse_method!r}, blocks=[{layers}])"
+            f"curvature={self.curvature!r}, blocks=[{layers}])"
         )

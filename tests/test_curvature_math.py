@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acktr.curvature import KFAC, Conv2dBlock, LinearBlock
+from acktr.curvature import KFAC, Conv2dAdapter, LinearAdapter
 
 
 @pytest.fixture(autouse=True)
@@ -206,7 +206,7 @@ def test_conv2d_factors_equal_explicit_unfolding_loops(stride, padding, dilation
         target = out.detach() + torch.randn_like(out)
         (0.5 * (out - target).square().sum((1, 2, 3)).mean()).backward()
     block = kfac.blocks[0]
-    assert isinstance(block, Conv2dBlock)
+    assert isinstance(block.layer, Conv2dAdapter)
 
     s = conv(x)
     patches_per_image = [explicit_patches(x[b], conv) for b in range(batch)]
@@ -337,7 +337,7 @@ def test_one_by_one_convolution_on_one_pixel_equals_linear() -> None:
         kfac.precondition()
         block = kfac.blocks[0]
         results.append((block.activation_factor, block.gradient_factor, weight_bias_grad(layer)))
-    assert isinstance(kfac.blocks[0], Conv2dBlock)
+    assert isinstance(kfac.blocks[0].layer, Conv2dAdapter)
     for linear_value, conv_value in zip(results[0], results[1], strict=True):
         torch.testing.assert_close(conv_value, linear_value, rtol=1e-12, atol=1e-14)
 
@@ -353,7 +353,7 @@ def test_sequence_inputs_to_linear_follow_the_kfc_convention() -> None:
         target = out.detach() + torch.randn_like(out)
         (0.5 * (out - target).square().sum((1, 2)).mean()).backward()
     block = kfac.blocks[0]
-    assert isinstance(block, LinearBlock)
+    assert isinstance(block.layer, LinearAdapter)
     rows = with_ones(x.reshape(-1, 3))
     torch.testing.assert_close(block.activation_factor, rows.T @ rows / 20)
     grads = (layer(x) - target).detach()  # per-example gradient of -log-likelihood at each position

@@ -279,7 +279,9 @@ def test_cold_start_averages_plainly_then_decays() -> None:
 
 def test_update_factors_every_and_update_inverses_every() -> None:
     model, x, labels = make_problem(7)
-    kfac = KFAC(model, update_factors_every=2, update_inverses_every=3, warn_unsupported=False)
+    kfac = KFAC(
+        model, update_factors_every=2, update_inverses_every=3, stagger_refresh=False, warn_unsupported=False
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     refreshed = [bool(one_update(model, kfac, optimizer, x, labels).inverses_updated) for _ in range(6)]
     assert refreshed == [True, False, False, True, False, False]
@@ -308,7 +310,11 @@ def test_bfloat16_model_keeps_float32_factors() -> None:
         ({"kl_clip": 0}, ValueError, "kl_clip must be > 0"),
         ({"update_inverses_every": 0}, ValueError, "update_inverses_every must be >= 1"),
         ({"update_factors_every": 1.5}, TypeError, "update_factors_every must be an int"),
-        ({"inverse_method": "svd"}, ValueError, "inverse_method must be one of"),
+        ({"inverse_method": "svd"}, ValueError, "inverse_method must be 'eigen' or 'cholesky'"),
+        ({"curvature": "svd"}, ValueError, "curvature must be one of"),
+        ({"row_fraction": 1.5}, ValueError, r"row_fraction must be in \(0, 1\]"),
+        ({"statistics_fraction": 0}, ValueError, "statistics_fraction must be > 0"),
+        ({"rank": 0}, ValueError, "rank must be >= 1"),
         ({"loss_reduction": "none"}, ValueError, "loss_reduction must be one of"),
     ],
 )
@@ -330,16 +336,18 @@ def test_hyperparameters_set_between_steps_are_validated_and_used() -> None:
     one_update(model, kfac, optimizer, x, labels)
     assert kfac.blocks[0].activation_inverse is not None
     assert not torch.equal(kfac.blocks[0].activation_inverse, first_inverse)
-    # switching the method drops the old inverses and decomposes with the new one at the next step
-    kfac.inverse_method = "eigen"
+    # switching the approximation keeps the K-FAC factors and decomposes the new way at the next step
+    factor = kfac.blocks[0].activation_factor.clone()
+    kfac.curvature = "eigen"
+    assert kfac.inverse_method == "eigen" and torch.equal(kfac.blocks[0].activation_factor, factor)
     one_update(model, kfac, optimizer, x, labels)
-    assert kfac.blocks[0].activation_eigen is not None and kfac.blocks[0].activation_inverse is None
+    assert kfac.blocks[0].activation_eigen is not None and not hasattr(kfac.blocks[0], "activation_inverse")
     for name, value, error in (
         ("damping", 0.0, ValueError),
         ("factor_decay", 1.0, ValueError),
         ("cold_iter", -1, ValueError),
         ("update_inverses_every", 2.0, TypeError),
-        ("inverse_method", "svd", ValueError),
+        ("curvature", "svd", ValueError),
         ("kl_clip", "0.1", TypeError),
     ):
         before = getattr(kfac, name)

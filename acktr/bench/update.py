@@ -1,20 +1,25 @@
 """``acktr bench update``: one ACKTR update vs one SB3 A2C update on the same batch, side by side.
 
-Both algorithms get SB3's Nature-CNN actor-critic (``CnnPolicy``) on Atari-shaped observations
-``(4, 84, 84)`` uint8 with 4 actions, and identical rollout-buffer contents (``n_envs × n_steps``
-transitions of random data). What is timed is ``algorithm.train()``, i.e. everything one update does:
+Both algorithms get the same SB3 actor-critic policy — the Nature CNN (``--policy cnn``, Atari-shaped
+``(4, 84, 84)`` uint8 observations, 4 actions) or a 64-64 MLP (``--policy mlp``, CartPole-shaped 4-d
+observations, 2 actions) — and identical rollout-buffer contents (``n_envs × n_steps`` transitions of random
+data). What is timed is ``algorithm.train()``, i.e. everything one update does:
 
-- **ACKTR**: forward, sampled-Fisher backward with K-FAC statistics, training-loss backward,
-  ``KFAC.precondition()`` (eigendecompositions refreshed every ``update_inverses_every`` updates, so
-  their cost is amortised in the mean), SGD-with-momentum step, post-step KL measurement;
+- **ACKTR**: forward, sampled-Fisher backward with K-FAC statistics (on a subset with
+  ``--statistics-fraction``), training-loss backward, ``KFAC.precondition()`` (decompositions refreshed every
+  ``update_inverses_every`` updates, amortised in the mean), SGD-with-momentum step, KL measurement;
 - **A2C**: forward, backward, grad-norm clipping, RMSprop step.
 
-The two are timed interleaved (one of each per round) so that machine load affects both alike.
+The two are timed interleaved (one of each per round) so that machine load affects both alike. ACKTR's
+phases (``time/update_*_ms``) are averaged into a second table. ``--memory`` also measures the peak resident
+memory each algorithm's updates add (CPU: in a forked child per algorithm; CUDA: max allocated).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import time
 from typing import Any
@@ -24,90 +29,121 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-OBSERVATION_SHAPE = (4, 84, 84)
-N_ACTIONS = 4
+POLICIES: dict[str, tuple[tuple[int, ...], np.dtype, int, str]] = {
+    # name -> (observation shape, dtype, number of actions, SB3 policy alias)
+    "cnn": ((4, 84, 84), np.dtype(np.uint8), 4, "CnnPolicy"),
+    "mlp": ((4,), np.dtype(np.float32), 2, "MlpPolicy"),
+}
+PHASES = ("forward", "fisher_backward", "backward", "step", "kl")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batches",
-        default="16x5,32x20",
-        help="comma-separated N_ENVSxN_STEPS rollout shapes (default: 16x5 = 80 and 32x20 = 640)",
+        default=None,
+        help="comma-separated N_ENVSxN_STEPS rollout shapes (default: 16x5,32x20 for cnn; 8x5,2048x1 mlp)",
+    )
+    parser.add_argument(
+        "--policy", choices=tuple(POLICIES), default="cnn", help="cnn (Nature CNN) or mlp (64-64)"
     )
     parser.add_argument("--rounds", type=int, default=20, help="timed updates per batch size and algorithm")
     parser.add_argument("--warmup", type=int, default=2, help="untimed updates before timing")
     parser.add_argument("--inverse-every", type=int, default=10, help="ACKTR update_inverses_every")
     parser.add_argument(
-        "--inverse-method", choices=("eigen", "cholesky"), default="eigen", help="K-FAC inverse method"
+        "--curvature",
+        choices=("eigen", "cholesky", "lowrank", "eva"),
+        default="eigen",
+        help="K-FAC approximation (KFAC curvature=...)",
     )
+    parser.add_argument("--rank", type=int, default=64, help="eigenpairs kept by --curvature lowrank")
+    parser.add_argument(
+        "--statistics-fraction", type=float, default=1.0, help="fraction of the batch the statistics use"
+    )
+    parser.add_argument(
+        "--row-fraction", type=float, default=1.0, help="fraction of conv (example, position) rows used"
+    )
+    parser.add_argument("--stagger", action="store_true", help="spread decomposition refreshes over updates")
+    parser.add_argument("--memory", action="store_true", help="also measure the peak memory of the updates")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="torch device")
 
 
-class AtariShapedEnv(gym.Env):
-    """Observation/action spaces of a preprocessed Atari game; dynamics are irrelevant here."""
+class ShapedEnv(gym.Env):
+    """Observation/action spaces of the benchmarked policy; dynamics are irrelevant here."""
 
-    observation_space = spaces.Box(0, 255, OBSERVATION_SHAPE, np.uint8)
-    action_space = spaces.Discrete(N_ACTIONS)
+    def __init__(self, policy: str) -> None:
+        shape, dtype, n_actions, _ = POLICIES[policy]
+        high = 255 if dtype == np.uint8 else 1.0
+        self.observation_space = spaces.Box(0, high, shape, dtype)
+        self.action_space = spaces.Discrete(n_actions)
+        self._zeros = np.zeros(shape, dtype)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        return np.zeros(OBSERVATION_SHAPE, np.uint8), {}
+        return self._zeros, {}
 
     def step(self, action: int):
-        return np.zeros(OBSERVATION_SHAPE, np.uint8), 0.0, False, False, {}
+        return self._zeros, 0.0, False, False, {}
 
 
-def _make_algorithms(n_envs: int, n_steps: int, args: argparse.Namespace) -> dict[str, Any]:
+def kfac_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "curvature": args.curvature,
+        "rank": args.rank,
+        "statistics_fraction": args.statistics_fraction,
+        "row_fraction": args.row_fraction,
+        "stagger_refresh": args.stagger,
+    }
+
+
+def _make_algorithm(name: str, n_envs: int, n_steps: int, args: argparse.Namespace) -> Any:
     from stable_baselines3 import A2C
-    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from acktr.agents import ACKTR
 
-    algorithms: dict[str, Any] = {}
-    for name in ("ACKTR", "A2C"):
-        venv = DummyVecEnv([AtariShapedEnv] * n_envs)
-        if name == "ACKTR":
-            algorithm = ACKTR(
-                "CnnPolicy",
-                venv,
-                n_steps=n_steps,
-                cold_iter=0,  # time K-FAC steps, not the plain-SGD warm-up
-                update_inverses_every=args.inverse_every,
-                kfac_kwargs={"inverse_method": args.inverse_method},
-                seed=0,
-                device=args.device,
-            )
-        else:
-            algorithm = A2C("CnnPolicy", venv, n_steps=n_steps, seed=0, device=args.device)
-        algorithm.set_logger(configure(folder=None, format_strings=[]))
-        algorithms[name] = algorithm
-    return algorithms
+    venv = DummyVecEnv([lambda: ShapedEnv(args.policy)] * n_envs)
+    alias = POLICIES[args.policy][3]
+    if name == "ACKTR":
+        algorithm = ACKTR(
+            alias,
+            venv,
+            n_steps=n_steps,
+            cold_iter=0,  # time K-FAC steps, not the plain-SGD warm-up
+            update_inverses_every=args.inverse_every,
+            kfac_kwargs=kfac_options(args),
+            seed=0,
+            device=args.device,
+        )
+    else:
+        algorithm = A2C(alias, venv, n_steps=n_steps, seed=0, device=args.device)
+    algorithm.set_logger(Logger(folder=None, output_formats=[]))
+    return algorithm
 
 
-def _fill_buffers(algorithms: dict[str, Any], n_envs: int, n_steps: int, seed: int) -> None:
+def _fill_buffer(algorithm: Any, policy: str, n_envs: int, n_steps: int, seed: int) -> None:
+    shape, dtype, n_actions, _ = POLICIES[policy]
     rng = np.random.default_rng(seed)
-    device = next(iter(algorithms.values())).device
-    transitions = [
-        (
-            rng.integers(0, 256, (n_envs, *OBSERVATION_SHAPE), dtype=np.uint8),
-            rng.integers(0, N_ACTIONS, (n_envs, 1)),
+    device = algorithm.device
+    buffer = algorithm.rollout_buffer
+    buffer.reset()
+    for _ in range(n_steps):
+        if dtype == np.uint8:
+            observation = rng.integers(0, 256, (n_envs, *shape), dtype=np.uint8)
+        else:
+            observation = rng.normal(size=(n_envs, *shape)).astype(dtype)
+        buffer.add(
+            observation,
+            rng.integers(0, n_actions, (n_envs, 1)),
             rng.normal(size=n_envs).astype(np.float32),
             np.zeros(n_envs, dtype=np.float32),
             torch.as_tensor(rng.normal(size=n_envs), dtype=torch.float32, device=device),
             torch.as_tensor(-rng.random(n_envs) - 1.0, dtype=torch.float32, device=device),
         )
-        for _ in range(n_steps)
-    ]
-    for algorithm in algorithms.values():
-        buffer = algorithm.rollout_buffer
-        buffer.reset()
-        for transition in transitions:
-            buffer.add(*transition)
-        buffer.compute_returns_and_advantage(
-            last_values=torch.zeros(n_envs, device=device), dones=np.zeros(n_envs, dtype=bool)
-        )
+    buffer.compute_returns_and_advantage(
+        last_values=torch.zeros(n_envs, device=device), dones=np.zeros(n_envs, dtype=bool)
+    )
 
 
 def _synchronize(device: torch.device) -> None:
@@ -115,16 +151,57 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _peak_update_memory_mb(name: str, n_envs: int, n_steps: int, args: argparse.Namespace) -> float:
+    """Peak memory the updates add beyond the built model and filled buffer (MB)."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        algorithm = _make_algorithm(name, n_envs, n_steps, args)
+        _fill_buffer(algorithm, args.policy, n_envs, n_steps, seed=n_envs * n_steps)
+        torch.cuda.synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(3):
+            algorithm.train()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: build, fill, then measure how far the updates push the peak RSS
+        os.close(read_end)
+        try:
+            algorithm = _make_algorithm(name, n_envs, n_steps, args)
+            _fill_buffer(algorithm, args.policy, n_envs, n_steps, seed=n_envs * n_steps)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            for _ in range(3):
+                algorithm.train()
+            after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            os.write(write_end, str((after - before) / 1024).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        text = reader.read()
+    os.waitpid(pid, 0)
+    return float(text) if text else float("nan")
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
 def run(args: argparse.Namespace) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rows = []
-    for spec in str(args.batches).split(","):
+    batches = args.batches or ("16x5,32x20" if args.policy == "cnn" else "8x5,2048x1")
+    rows, phase_rows, memory_rows = [], [], []
+    for spec in str(batches).split(","):
         n_envs, n_steps = (int(part) for part in spec.lower().split("x"))
-        algorithms = _make_algorithms(n_envs, n_steps, args)
-        _fill_buffers(algorithms, n_envs, n_steps, seed=n_envs * n_steps)
+        algorithms = {name: _make_algorithm(name, n_envs, n_steps, args) for name in ("ACKTR", "A2C")}
+        for algorithm in algorithms.values():
+            _fill_buffer(algorithm, args.policy, n_envs, n_steps, seed=n_envs * n_steps)
         times: dict[str, list[float]] = {name: [] for name in algorithms}
+        phases: dict[str, list[float]] = {phase: [] for phase in PHASES}
         for round_index in range(args.warmup + args.rounds):
             for name, algorithm in algorithms.items():
                 _synchronize(device)
@@ -133,20 +210,46 @@ def run(args: argparse.Namespace) -> str:
                 _synchronize(device)
                 if round_index >= args.warmup:
                     times[name].append(1000.0 * (time.perf_counter() - start))
+                    if name == "ACKTR":
+                        for phase in PHASES:
+                            phases[phase].append(algorithm.last_update_ms.get(phase, 0.0))
         ours_mean, a2c_mean = statistics.fmean(times["ACKTR"]), statistics.fmean(times["A2C"])
         ours_median, a2c_median = statistics.median(times["ACKTR"]), statistics.median(times["A2C"])
+        label = f"{n_envs}×{n_steps} = {n_envs * n_steps}"
         rows.append(
-            f"| {n_envs}×{n_steps} = {n_envs * n_steps} | {ours_mean:.0f} | {a2c_mean:.0f} "
-            f"| **{ours_mean / a2c_mean:.2f}×** | {ours_median:.0f} | {a2c_median:.0f} "
-            f"| {ours_median / a2c_median:.2f}× |"
+            f"| {label} | {_ms(ours_mean)} | {_ms(a2c_mean)} | **{ours_mean / a2c_mean:.2f}×** "
+            f"| {_ms(ours_median)} | {_ms(a2c_median)} | {ours_median / a2c_median:.2f}× |"
         )
+        cells = " | ".join(f"{statistics.fmean(phases[phase]):.1f}" for phase in PHASES)
+        phase_rows.append(f"| {label} | {cells} | {a2c_mean:.1f} |")
+        if args.memory:
+            ours_mb = _peak_update_memory_mb("ACKTR", n_envs, n_steps, args)
+            a2c_mb = _peak_update_memory_mb("A2C", n_envs, n_steps, args)
+            memory_rows.append(
+                f"| {label} | {ours_mb:.1f} | {a2c_mb:.1f} | {ours_mb / max(a2c_mb, 1e-9):.2f}× |"
+            )
+    options = ", ".join(f"{key}={value}" for key, value in kfac_options(args).items())
     header = (
-        f"ACKTR.train() vs SB3 A2C.train() (RMSprop) on SB3's Nature-CNN `CnnPolicy`, device={device}, "
-        f"torch threads={torch.get_num_threads()}, K-FAC inverses every {args.inverse_every} updates "
-        f"({args.inverse_method}), {args.rounds} interleaved rounds after {args.warmup} warm-up.\n"
-        "The mean includes the amortised eigendecompositions; target ratio ≤ 1.25×.\n\n"
+        f"ACKTR.train() vs SB3 A2C.train() (RMSprop) on SB3's `{POLICIES[args.policy][3]}` "
+        f"({args.policy}), device={device}, torch threads={torch.get_num_threads()}, K-FAC {options}, "
+        f"decompositions every {args.inverse_every} updates, {args.rounds} interleaved rounds after "
+        f"{args.warmup} warm-up.\nThe mean includes the amortised decompositions; target ratio ≤ 1.25×.\n\n"
         "| batch | ACKTR mean ms | A2C mean ms | mean ratio "
         "| ACKTR median ms | A2C median ms | median ratio |\n"
         "|---:|---:|---:|---:|---:|---:|---:|"
     )
-    return header + "\n" + "\n".join(rows)
+    report = header + "\n" + "\n".join(rows)
+    report += (
+        "\n\nACKTR's update by phase (mean ms; `forward` includes the statistics hooks when the statistics "
+        "use the whole batch, `fisher_backward` includes the statistics forward on a subset otherwise, "
+        "`step` includes decomposition refreshes and preconditioning):\n\n"
+        f"| batch | {' | '.join(PHASES)} | A2C whole update |\n|---:|{'---:|' * (len(PHASES) + 1)}\n"
+        + "\n".join(phase_rows)
+    )
+    if memory_rows:
+        report += (
+            "\n\nPeak memory added by 3 updates beyond the built model and buffer (MB; CPU: peak RSS growth "
+            "in a forked process per algorithm):\n\n| batch | ACKTR | A2C | ratio |\n|---:|---:|---:|---:|\n"
+            + "\n".join(memory_rows)
+        )
+    return report

@@ -1,0 +1,434 @@
+"""Curvature approximations: what is kept from a layer's rows and how it preconditions the layer's gradient.
+
+Every approximation has the same life cycle, driven by :class:`~acktr.curvature.KFAC`:
+
+- ``observe_activations(rows)`` / ``observe_gradients(rows, examples, weight, grad_scale)`` during one
+  ``collect_statistics()`` block (a module called R times in one block is weight sharing: activations are
+  averaged over the calls and gradient statistics summed, K-FAC "expand");
+- ``update(decay, cold_iter)`` folds that block's statistics into running averages (plain over the first
+  ``cold_iter`` finite batches, then exponential; non-finite batches skipped without a host sync);
+- ``refresh(damping)`` recomputes the decompositions (amortised: every ``update_inverses_every`` steps);
+- ``precondition(grad_matrix, damping)`` returns the damped natural gradient ``(d_out, d_in')``;
+- ``state_dict()`` / ``load_state_dict()``.
+
+Kinds (``KFAC(curvature=...)``):
+
+- ``"eigen"`` — K-FAC with eigendecompositions of ``A`` and ``G`` and exact Tikhonov damping of ``A ⊗ G``;
+- ``"cholesky"`` — K-FAC with factored (π) damping and Cholesky inverses (cheaper refresh);
+- ``"lowrank"`` — K-FAC whose wide factors keep their top-``rank`` eigenpairs (randomized subspace
+  iteration) plus the mean of the rest as an isotropic term: refresh ``O(d² k)``, apply ``O(d_out d_in k)``;
+  factors no wider than ``rank + 16`` are decomposed exactly;
+- ``"eva"`` — Kronecker vectors (Eva, Zhang et al. 2022): the mean activation and the mean output gradient
+  replace ``A`` and ``G`` by rank-one factors, inverted by Sherman–Morrison in ``O(d_out d_in)``; nothing to
+  refresh.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from acktr.curvature import kfac_math
+from acktr.curvature.kfac_math import Eigendecomposition, LowRankEigen
+
+
+class CurvatureApproximation:
+    """Base class: counters, failure bookkeeping and the cold-start/decay rule shared by every kind."""
+
+    name: ClassVar[str] = ""
+    #: tensors saved by ``state_dict`` (``None`` allowed)
+    state_tensors: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, activation_dim: int, gradient_dim: int, *, has_bias: bool, dtype: torch.dtype) -> None:
+        self.activation_dim, self.gradient_dim = activation_dim, gradient_dim
+        self.has_bias = has_bias
+        self.dtype = dtype
+        self.statistics_updates = 0
+        self.decomposition_failures = 0
+        self.finite_updates: Tensor | None = None
+        self.reset_pending()
+
+    # ------------------------------------------------------------------ statistics (override)
+    def reset_pending(self) -> None:
+        raise NotImplementedError
+
+    def observe_activations(self, rows: Tensor) -> None:
+        raise NotImplementedError
+
+    def observe_gradients(self, rows: Tensor, examples: int, weight: float, grad_scale: float) -> None:
+        raise NotImplementedError
+
+    def pending(self) -> tuple[Tensor, Tensor] | None:
+        """This block's (activation, gradient) statistics, or None if either is missing."""
+        raise NotImplementedError
+
+    def running(self) -> tuple[Tensor | None, Tensor | None]:
+        raise NotImplementedError
+
+    def set_running(self, activation: Tensor, gradient: Tensor) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ running averages (shared)
+    @property
+    def has_statistics(self) -> bool:
+        activation, gradient = self.running()
+        return activation is not None and gradient is not None
+
+    def update(self, *, decay: float, cold_iter: int) -> bool:
+        """Fold the pending statistics into the running averages; False if there were none."""
+        pending = self.pending()
+        if pending is None:
+            return False
+        activation_new, gradient_new = pending
+        # A sum is non-finite iff some element is (NaN/inf propagate): one cheap reduction per statistic.
+        finite = torch.isfinite(activation_new.sum()) & torch.isfinite(gradient_new.sum())
+        activation, gradient = self.running()
+        if activation is None or gradient is None or self.finite_updates is None:
+            # A first batch with NaNs must not become the statistic: zeros make the damping alone act,
+            # i.e. a plain gradient step that the trust region still bounds.
+            self.set_running(
+                torch.where(finite, activation_new, torch.zeros_like(activation_new)),
+                torch.where(finite, gradient_new, torch.zeros_like(gradient_new)),
+            )
+            self.finite_updates = finite.to(self.dtype)
+        else:
+            count = self.finite_updates
+            # plain average while cold (and always over a zero-initialised statistic: count 0), then EMA
+            cold = count < max(cold_iter, 1)
+            exponential = torch.full_like(count, 1.0 - decay)
+            weight = torch.where(cold, (1.0 / (count + 1.0)).clamp(min=1.0 - decay), exponential)
+            weight = torch.where(finite, weight, torch.zeros_like(weight))
+            activation.lerp_(torch.where(finite, activation_new, activation), weight)
+            gradient.lerp_(torch.where(finite, gradient_new, gradient), weight)
+            self.finite_updates = count + finite.to(count.dtype)
+        self.statistics_updates += 1
+        return True
+
+    # ------------------------------------------------------------------ curvature (override)
+    @property
+    def has_curvature(self) -> bool:
+        """Whether :meth:`precondition` has what it needs (else it returns the gradient unchanged)."""
+        raise NotImplementedError
+
+    def refresh(self, damping: float) -> None:
+        """Recompute decompositions from the running statistics; on failure keep the old ones and count."""
+
+    def clear_curvature(self) -> None:
+        """Drop decompositions: the next step recomputes them (e.g. after damping baked into them changed)."""
+
+    def damping_is_baked_in(self) -> bool:
+        """True when a changed damping needs a refresh (factored inverses include it)."""
+        return False
+
+    def precondition(self, grad_matrix: Tensor, damping: float) -> Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {name: getattr(self, name) for name in self.state_tensors}
+        state["finite_updates"] = self.finite_updates
+        state["statistics_updates"] = self.statistics_updates
+        state["decomposition_failures"] = self.decomposition_failures
+        state["curvature"] = self.name
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], *, device: torch.device) -> None:
+        def to_device(value: Tensor | None) -> Tensor | None:
+            return None if value is None else value.to(device=device, dtype=self.dtype)
+
+        for name in self.state_tensors:
+            setattr(self, name, to_device(state.get(name)))
+        finite_updates = state.get("finite_updates")
+        if finite_updates is None and self.has_statistics:
+            # state saved before non-finite batches were counted apart: every batch counted
+            finite_updates = torch.tensor(float(state["statistics_updates"]))
+        self.finite_updates = to_device(finite_updates)
+        self.statistics_updates = int(state["statistics_updates"])
+        self.decomposition_failures = int(state["decomposition_failures"])
+        self.reset_pending()
+
+
+class KroneckerFactors(CurvatureApproximation):
+    """K-FAC's ``A = E[ā āᵀ]`` ``(d_in', d_in')`` and ``G`` ``(d_out, d_out)`` as running averages."""
+
+    state_tensors: ClassVar[tuple[str, ...]] = ("activation_factor", "gradient_factor")
+
+    def __init__(self, activation_dim: int, gradient_dim: int, *, has_bias: bool, dtype: torch.dtype) -> None:
+        self.activation_factor: Tensor | None = None
+        self.gradient_factor: Tensor | None = None
+        super().__init__(activation_dim, gradient_dim, has_bias=has_bias, dtype=dtype)
+
+    def reset_pending(self) -> None:
+        self._activation_mean: Tensor | None = None
+        self._activation_rows = 0
+        self._gradient_sum: Tensor | None = None
+
+    def observe_activations(self, rows: Tensor) -> None:
+        moment = kfac_math.second_moment(rows.to(self.dtype), with_ones=self.has_bias)
+        count = rows.shape[0]
+        if self._activation_mean is None:
+            self._activation_mean = moment
+        else:  # weight sharing / several calls: average over all rows
+            self._activation_mean.lerp_(moment, count / (self._activation_rows + count))
+        self._activation_rows += count
+
+    def observe_gradients(self, rows: Tensor, examples: int, weight: float, grad_scale: float) -> None:
+        factor = kfac_math.gradient_factor(rows.to(self.dtype), batch_size=examples, grad_scale=grad_scale)
+        if weight != 1.0:
+            factor = factor * weight
+        # weight sharing: the per-example G sums over the calls of the module (K-FAC "expand")
+        self._gradient_sum = factor if self._gradient_sum is None else self._gradient_sum.add_(factor)
+
+    def pending(self) -> tuple[Tensor, Tensor] | None:
+        if self._activation_mean is None or self._gradient_sum is None:
+            return None
+        return self._activation_mean, self._gradient_sum
+
+    def running(self) -> tuple[Tensor | None, Tensor | None]:
+        return self.activation_factor, self.gradient_factor
+
+    def set_running(self, activation: Tensor, gradient: Tensor) -> None:
+        self.activation_factor, self.gradient_factor = activation, gradient
+
+
+class EigenKFAC(KroneckerFactors):
+    """K-FAC with eigendecompositions and exact Tikhonov damping: ``Δ = (A ⊗ G + λI)⁻¹ vec(∇W)``."""
+
+    name = "eigen"
+
+    def __init__(self, activation_dim: int, gradient_dim: int, *, has_bias: bool, dtype: torch.dtype) -> None:
+        self.activation_eigen: Eigendecomposition | None = None
+        self.gradient_eigen: Eigendecomposition | None = None
+        super().__init__(activation_dim, gradient_dim, has_bias=has_bias, dtype=dtype)
+
+    @property
+    def has_curvature(self) -> bool:
+        return self.activation_eigen is not None and self.gradient_eigen is not None
+
+    def refresh(self, damping: float) -> None:
+        if self.activation_factor is None or self.gradient_factor is None:
+            return
+        activation_eigen = kfac_math.safe_eigh(self.activation_factor)
+        gradient_eigen = kfac_math.safe_eigh(self.gradient_factor)
+        if activation_eigen is None or gradient_eigen is None:
+            self.decomposition_failures += 1
+            return
+        self.activation_eigen, self.gradient_eigen = activation_eigen, gradient_eigen
+
+    def clear_curvature(self) -> None:
+        self.activation_eigen = self.gradient_eigen = None
+
+    def precondition(self, grad_matrix: Tensor, damping: float) -> Tensor:
+        grad = grad_matrix.to(self.dtype)
+        if self.activation_eigen is None or self.gradient_eigen is None:
+            return grad
+        return kfac_math.eigen_precondition(grad, self.activation_eigen, self.gradient_eigen, damping)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        for prefix in ("activation", "gradient"):
+            eigen: Eigendecomposition | None = getattr(self, f"{prefix}_eigen")
+            state[f"{prefix}_eigenvalues"] = None if eigen is None else eigen.eigenvalues
+            state[f"{prefix}_eigenvectors"] = None if eigen is None else eigen.eigenvectors
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], *, device: torch.device) -> None:
+        super().load_state_dict(state, device=device)
+        for prefix in ("activation", "gradient"):
+            values, vectors = state.get(f"{prefix}_eigenvalues"), state.get(f"{prefix}_eigenvectors")
+            eigen = None
+            if values is not None and vectors is not None:
+                eigen = Eigendecomposition(
+                    values.to(device=device, dtype=self.dtype), vectors.to(device=device, dtype=self.dtype)
+                )
+            setattr(self, f"{prefix}_eigen", eigen)
+
+
+class CholeskyKFAC(KroneckerFactors):
+    """K-FAC with factored damping: ``(G + (√λ/π) I)⁻¹ ∇W (A + π√λ I)⁻¹`` from Cholesky inverses."""
+
+    name = "cholesky"
+    state_tensors = ("activation_factor", "gradient_factor", "activation_inverse", "gradient_inverse")
+
+    def __init__(self, activation_dim: int, gradient_dim: int, *, has_bias: bool, dtype: torch.dtype) -> None:
+        self.activation_inverse: Tensor | None = None
+        self.gradient_inverse: Tensor | None = None
+        super().__init__(activation_dim, gradient_dim, has_bias=has_bias, dtype=dtype)
+
+    @property
+    def has_curvature(self) -> bool:
+        return self.activation_inverse is not None and self.gradient_inverse is not None
+
+    def damping_is_baked_in(self) -> bool:
+        return True
+
+    def refresh(self, damping: float) -> None:
+        if self.activation_factor is None or self.gradient_factor is None:
+            return
+        pi = kfac_math.factored_damping_pi(self.activation_factor, self.gradient_factor)
+        sqrt_damping = damping**0.5
+        activation_inverse = kfac_math.safe_damped_inverse(self.activation_factor, pi * sqrt_damping)
+        gradient_inverse = kfac_math.safe_damped_inverse(self.gradient_factor, sqrt_damping / pi)
+        if activation_inverse is None or gradient_inverse is None:
+            self.decomposition_failures += 1
+            return
+        self.activation_inverse, self.gradient_inverse = activation_inverse, gradient_inverse
+
+    def clear_curvature(self) -> None:
+        self.activation_inverse = self.gradient_inverse = None
+
+    def precondition(self, grad_matrix: Tensor, damping: float) -> Tensor:
+        grad = grad_matrix.to(self.dtype)
+        if self.activation_inverse is None or self.gradient_inverse is None:
+            return grad
+        return kfac_math.factored_precondition(grad, self.activation_inverse, self.gradient_inverse)
+
+
+class LowRankKFAC(KroneckerFactors):
+    """K-FAC whose factors keep their top-``rank`` eigenpairs plus an isotropic remainder (exact Tikhonov
+    damping of that approximation); factors no wider than ``rank + 16`` are decomposed exactly."""
+
+    name = "lowrank"
+
+    def __init__(
+        self, activation_dim: int, gradient_dim: int, *, has_bias: bool, dtype: torch.dtype, rank: int = 64
+    ) -> None:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"KFAC: rank must be an int >= 1, got {rank!r}")
+        self.rank = rank
+        self.activation_lowrank: LowRankEigen | None = None
+        self.gradient_lowrank: LowRankEigen | None = None
+        super().__init__(activation_dim, gradient_dim, has_bias=has_bias, dtype=dtype)
+
+    @property
+    def has_curvature(self) -> bool:
+        return self.activation_lowrank is not None and self.gradient_lowrank is not None
+
+    def refresh(self, damping: float) -> None:
+        if self.activation_factor is None or self.gradient_factor is None:
+            return
+        activation = kfac_math.low_rank_eigh(self.activation_factor, self.rank)
+        gradient = kfac_math.low_rank_eigh(self.gradient_factor, self.rank)
+        if activation is None or gradient is None:
+            self.decomposition_failures += 1
+            return
+        self.activation_lowrank, self.gradient_lowrank = activation, gradient
+
+    def clear_curvature(self) -> None:
+        self.activation_lowrank = self.gradient_lowrank = None
+
+    def precondition(self, grad_matrix: Tensor, damping: float) -> Tensor:
+        grad = grad_matrix.to(self.dtype)
+        if self.activation_lowrank is None or self.gradient_lowrank is None:
+            return grad
+        return kfac_math.low_rank_precondition(grad, self.activation_lowrank, self.gradient_lowrank, damping)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["rank"] = self.rank
+        for prefix in ("activation", "gradient"):
+            decomposition: LowRankEigen | None = getattr(self, f"{prefix}_lowrank")
+            state[f"{prefix}_lowrank"] = None if decomposition is None else tuple(decomposition)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], *, device: torch.device) -> None:
+        super().load_state_dict(state, device=device)
+        for prefix in ("activation", "gradient"):
+            saved = state.get(f"{prefix}_lowrank")
+            value = None
+            if saved is not None:
+                value = LowRankEigen(*(t.to(device=device, dtype=self.dtype) for t in saved))
+            setattr(self, f"{prefix}_lowrank", value)
+
+
+class KroneckerVectors(CurvatureApproximation):
+    """Eva: running means ``ā`` ``(d_in',)`` and ``ḡ`` ``(d_out,)`` stand for ``A ≈ ā āᵀ`` and ``G ≈ ḡ ḡᵀ``.
+
+    ``ḡ`` is scaled like K-FAC's ``G``: for rows ``r`` with ``G = (w/B) Σ r rᵀ``,
+    ``ḡ = sqrt(w N / B) · mean(r)``, i.e. ``ḡ ḡᵀ`` replaces each row's second moment by the outer product of
+    the mean row.
+    """
+
+    name = "eva"
+    state_tensors: ClassVar[tuple[str, ...]] = ("activation_vector", "gradient_vector")
+
+    def __init__(self, activation_dim: int, gradient_dim: int, *, has_bias: bool, dtype: torch.dtype) -> None:
+        self.activation_vector: Tensor | None = None
+        self.gradient_vector: Tensor | None = None
+        super().__init__(activation_dim, gradient_dim, has_bias=has_bias, dtype=dtype)
+
+    def reset_pending(self) -> None:
+        self._activation_mean: Tensor | None = None
+        self._activation_rows = 0
+        self._gradient_sum: Tensor | None = None
+
+    def observe_activations(self, rows: Tensor) -> None:
+        rows = rows.to(self.dtype)
+        mean = rows.mean(dim=0)
+        if self.has_bias:
+            mean = torch.cat([mean, mean.new_ones(1)])
+        count = rows.shape[0]
+        if self._activation_mean is None:
+            self._activation_mean = mean
+        else:
+            self._activation_mean.lerp_(mean, count / (self._activation_rows + count))
+        self._activation_rows += count
+
+    def observe_gradients(self, rows: Tensor, examples: int, weight: float, grad_scale: float) -> None:
+        rows = rows.to(self.dtype)
+        vector = rows.mean(dim=0) * (grad_scale * math.sqrt(weight * rows.shape[0] / examples))
+        self._gradient_sum = vector if self._gradient_sum is None else self._gradient_sum.add_(vector)
+
+    def pending(self) -> tuple[Tensor, Tensor] | None:
+        if self._activation_mean is None or self._gradient_sum is None:
+            return None
+        return self._activation_mean, self._gradient_sum
+
+    def running(self) -> tuple[Tensor | None, Tensor | None]:
+        return self.activation_vector, self.gradient_vector
+
+    def set_running(self, activation: Tensor, gradient: Tensor) -> None:
+        self.activation_vector, self.gradient_vector = activation, gradient
+
+    @property
+    def has_curvature(self) -> bool:
+        return self.has_statistics
+
+    def precondition(self, grad_matrix: Tensor, damping: float) -> Tensor:
+        grad = grad_matrix.to(self.dtype)
+        if self.activation_vector is None or self.gradient_vector is None:
+            return grad
+        return kfac_math.kronecker_vector_precondition(
+            grad, self.activation_vector, self.gradient_vector, damping
+        )
+
+
+APPROXIMATIONS: dict[str, type[CurvatureApproximation]] = {
+    cls.name: cls for cls in (EigenKFAC, CholeskyKFAC, LowRankKFAC, KroneckerVectors)
+}
+
+
+def make_approximation(
+    name: str, activation_dim: int, gradient_dim: int, *, has_bias: bool, dtype: torch.dtype, rank: int
+) -> CurvatureApproximation:
+    """An approximation of kind ``name`` (see :data:`APPROXIMATIONS`) for one layer."""
+    if name not in APPROXIMATIONS:
+        raise ValueError(f"KFAC: curvature must be one of {', '.join(APPROXIMATIONS)}, got {name!r}")
+    if name == "lowrank":
+        return LowRankKFAC(activation_dim, gradient_dim, has_bias=has_bias, dtype=dtype, rank=rank)
+    return APPROXIMATIONS[name](activation_dim, gradient_dim, has_bias=has_bias, dtype=dtype)
+
+
+__all__ = [
+    "APPROXIMATIONS",
+    "CholeskyKFAC",
+    "CurvatureApproximation",
+    "EigenKFAC",
+    "KroneckerFactors",
+    "KroneckerVectors",
+    "LowRankKFAC",
+    "make_approximation",
+]

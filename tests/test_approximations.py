@@ -1,0 +1,304 @@
+"""The curvature approximations and the statistics options, each against its definition on tiny nets.
+
+References are dense float64 computations that do not use acktr's code paths: explicit Kronecker products and
+solves, explicit patch loops, explicit per-call sums.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from acktr.curvature import KFAC, EigenKFAC, KroneckerVectors, LowRankKFAC, kfac_math
+from acktr.curvature.kfac_math import LowRankEigen
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def col_vec(matrix: torch.Tensor) -> torch.Tensor:
+    """Column-major vec: ``(A ⊗ G) col_vec(V) = col_vec(G V A)``."""
+    return matrix.T.reshape(-1)
+
+
+def dense_solve(activation: torch.Tensor, gradient: torch.Tensor, grad: torch.Tensor, damping: float):
+    fisher = torch.kron(activation, gradient)
+    solution = torch.linalg.solve(fisher + damping * torch.eye(fisher.shape[0]), col_vec(grad))
+    return solution.reshape(grad.shape[1], grad.shape[0]).T
+
+
+def random_spd(dim: int, rank: int | None = None, floor: float = 0.0) -> torch.Tensor:
+    basis = torch.randn(dim, rank or dim)
+    return basis @ basis.T / dim + floor * torch.eye(dim)
+
+
+def weight_bias_grad(layer: nn.Module) -> torch.Tensor:
+    return torch.cat([layer.weight.grad.reshape(layer.weight.shape[0], -1), layer.bias.grad[:, None]], 1)
+
+
+def sampled_nll_backward(logits: torch.Tensor) -> None:
+    with torch.no_grad():
+        sampled = torch.distributions.Categorical(logits=logits).sample()
+    F.cross_entropy(logits, sampled).backward(retain_graph=True)
+
+
+# --------------------------------------------------------------------------------------- low rank
+
+
+def test_low_rank_precondition_is_the_exact_inverse_of_the_low_rank_plus_isotropic_kronecker() -> None:
+    torch.manual_seed(0)
+    d_out, d_in, damping = 5, 7, 0.05
+    grad = torch.randn(d_out, d_in)
+    pieces = []
+    for dim, rank in ((d_in, 3), (d_out, 2)):
+        vectors, _ = torch.linalg.qr(torch.randn(dim, rank))
+        values = torch.rand(rank) + 1.0
+        residual = torch.tensor(0.3)
+        dense = vectors @ torch.diag(values) @ vectors.T + residual * (torch.eye(dim) - vectors @ vectors.T)
+        pieces.append((LowRankEigen(values, vectors, residual), dense))
+    (activation, activation_dense), (gradient, gradient_dense) = pieces
+    result = kfac_math.low_rank_precondition(grad, activation, gradient, damping)
+    expected = dense_solve(activation_dense, gradient_dense, grad, damping)
+    torch.testing.assert_close(result, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_low_rank_eigh_finds_the_top_eigenpairs_and_keeps_the_trace() -> None:
+    torch.manual_seed(1)
+    dim, rank = 80, 6
+    vectors, _ = torch.linalg.qr(torch.randn(dim, dim))
+    values = torch.cat([torch.linspace(50.0, 10.0, rank), torch.full((dim - rank,), 0.01)])
+    factor = vectors @ torch.diag(values) @ vectors.T
+    decomposition = kfac_math.low_rank_eigh(factor, rank)
+    assert decomposition is not None and not decomposition.full_rank
+    torch.testing.assert_close(
+        decomposition.eigenvalues.sort().values, values[:rank].sort().values, rtol=1e-8, atol=0
+    )
+    # the columns span the top eigenspace, and the rest of the spectrum is its mean (trace preserved)
+    projection = decomposition.eigenvectors @ decomposition.eigenvectors.T
+    top = vectors[:, :rank]
+    torch.testing.assert_close(projection @ top, top, rtol=0, atol=1e-8)
+    torch.testing.assert_close(decomposition.residual, torch.tensor(0.01), rtol=1e-8, atol=0)
+    # narrow factors are decomposed exactly
+    exact = kfac_math.low_rank_eigh(factor[:10, :10], rank)
+    assert exact is not None and exact.full_rank and float(exact.residual) == 0.0
+
+
+def test_lowrank_curvature_equals_eigen_when_the_rank_covers_every_factor() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    x = torch.randn(32, 4)
+    labels = torch.randint(0, 3, (32,))
+    grads = {}
+    for curvature in ("eigen", "lowrank"):
+        net = copy.deepcopy(model)
+        kfac = KFAC(net, curvature=curvature, rank=8, kl_clip=None, update_inverses_every=1)
+        torch.manual_seed(3)
+        with kfac.collect_statistics():
+            logits = net(x)
+            sampled_nll_backward(logits)
+        net.zero_grad()
+        F.cross_entropy(logits, labels).backward()
+        kfac.precondition()
+        grads[curvature] = [p.grad.clone() for p in net.parameters()]
+        assert all(
+            isinstance(b.approximation, EigenKFAC if curvature == "eigen" else LowRankKFAC)
+            for b in kfac.blocks
+        )
+    for eigen, lowrank in zip(grads["eigen"], grads["lowrank"], strict=True):
+        torch.testing.assert_close(lowrank, eigen, rtol=1e-8, atol=1e-10)
+
+
+def test_lowrank_curvature_on_a_wide_layer_solves_its_own_approximation() -> None:
+    """A layer wider than rank + oversampling: the step is the exact damped inverse of (Â ⊗ Ĝ), with Â, Ĝ
+    rebuilt from the decompositions held by the approximation."""
+    torch.manual_seed(4)
+    layer = nn.Linear(40, 3)
+    x = torch.randn(256, 40) @ torch.randn(40, 40) / 6
+    kfac = KFAC(layer, curvature="lowrank", rank=4, kl_clip=None, damping=0.01, update_inverses_every=1)
+    with kfac.collect_statistics():
+        sampled_nll_backward(layer(x))
+    layer.zero_grad()
+    F.cross_entropy(layer(x), torch.randint(0, 3, (256,))).backward()
+    grad = weight_bias_grad(layer).clone()
+    kfac.precondition()
+    approximation = kfac.blocks[0].approximation
+    activation, gradient = approximation.activation_lowrank, approximation.gradient_lowrank
+    assert not activation.full_rank and gradient.full_rank  # 41 wide: low rank; 3 wide: exact
+
+    def dense(decomposition: LowRankEigen) -> torch.Tensor:
+        q = decomposition.eigenvectors
+        eye = torch.eye(q.shape[0])
+        return q @ torch.diag(decomposition.eigenvalues) @ q.T + decomposition.residual * (eye - q @ q.T)
+
+    expected = dense_solve(dense(activation), dense(gradient), grad, 0.01)
+    torch.testing.assert_close(weight_bias_grad(layer), expected, rtol=1e-8, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------ Kronecker vectors (Eva)
+
+
+def test_kronecker_vector_precondition_is_sherman_morrison_of_the_rank_one_kronecker() -> None:
+    torch.manual_seed(5)
+    grad, a, g = torch.randn(4, 6), torch.randn(6), torch.randn(4)
+    result = kfac_math.kronecker_vector_precondition(grad, a, g, 0.1)
+    expected = dense_solve(torch.outer(a, a), torch.outer(g, g), grad, 0.1)
+    torch.testing.assert_close(result, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_eva_vectors_are_the_mean_activation_and_the_per_example_scaled_mean_gradient() -> None:
+    torch.manual_seed(6)
+    layer = nn.Linear(3, 2)
+    x = torch.randn(16, 3)
+    kfac = KFAC(layer, curvature="eva", kl_clip=None)
+    per_example = []
+    with kfac.collect_statistics():
+        out = layer(x)
+        target = torch.randn(16, 2)
+        (0.5 * (out - target).square().sum(1)).mean().backward()
+        per_example = (out - target).detach()  # d/d out of each example's own loss
+    approximation = kfac.blocks[0].approximation
+    assert isinstance(approximation, KroneckerVectors)
+    torch.testing.assert_close(approximation.activation_vector, torch.cat([x.mean(0), torch.ones(1)]))
+    torch.testing.assert_close(approximation.gradient_vector, per_example.mean(0))
+
+
+# ----------------------------------------------------------------------------- statistics options
+
+
+def explicit_conv_factors(conv: nn.Conv2d, images: torch.Tensor, output_grads: torch.Tensor):
+    """KFC's A (with ones) and G from explicit loops over examples and positions (grads: per-example)."""
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    activation = torch.zeros(conv.in_channels * kh * kw + 1, conv.in_channels * kh * kw + 1)
+    rows = 0
+    for image in images:
+        padded = F.pad(image, (pw, pw, ph, ph))
+        for top in range(0, padded.shape[1] - kh + 1, sh):
+            for left in range(0, padded.shape[2] - kw + 1, sw):
+                patch = torch.cat([padded[:, top : top + kh, left : left + kw].reshape(-1), torch.ones(1)])
+                activation += torch.outer(patch, patch)
+                rows += 1
+    gradient = torch.zeros(conv.out_channels, conv.out_channels)
+    for grads in output_grads:
+        positions = grads.reshape(conv.out_channels, -1).T
+        gradient += positions.T @ positions
+    return activation / rows, gradient / len(images)
+
+
+def test_row_subsampled_conv_statistics_are_unbiased() -> None:
+    torch.manual_seed(7)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1)
+    images = torch.randn(4, 2, 7, 7)
+    full = KFAC(conv, factor_decay=0.0, cold_iter=0, kl_clip=None)
+    sub = KFAC(conv, factor_decay=0.0, cold_iter=0, kl_clip=None, row_fraction=0.25)
+    sums = [torch.zeros(19, 19), torch.zeros(3, 3)]
+    draws = 1500
+    for index, kfac in enumerate([full] + [sub] * draws):
+        with kfac.collect_statistics():
+            out = conv(images)
+            out.backward(torch.ones_like(out) / len(images) + out.detach() / 10)  # a mean-reduced loss
+        if index > 0:
+            sums[0] += sub.blocks[0].activation_factor
+            sums[1] += sub.blocks[0].gradient_factor
+    grads = (torch.ones_like(out) + out.detach() * len(images) / 10).detach()  # per-example gradients
+    activation, gradient = explicit_conv_factors(conv, images, grads)
+    torch.testing.assert_close(full.blocks[0].activation_factor, activation)
+    torch.testing.assert_close(full.blocks[0].gradient_factor, gradient)
+    # one subsampled draw differs, the mean of many converges to the full statistics
+    assert not torch.allclose(sub.blocks[0].activation_factor, activation, rtol=0.05)
+    torch.testing.assert_close(sums[0] / draws, activation, rtol=0.05, atol=0.03)
+    torch.testing.assert_close(sums[1] / draws, gradient, rtol=0.05, atol=0.05 * gradient.abs().max().item())
+
+
+def test_statistics_subset_draws_distinct_rows() -> None:
+    kfac = KFAC(nn.Linear(2, 2), statistics_fraction=0.25)
+    subset = kfac.statistics_subset(40)
+    assert subset is not None and len(subset) == 10 and len(set(subset.tolist())) == 10
+    assert int(subset.min()) >= 0 and int(subset.max()) < 40
+    assert KFAC(nn.Linear(2, 2)).statistics_subset(40) is None
+
+
+def test_a_module_called_twice_averages_a_and_sums_g() -> None:
+    """Weight sharing (K-FAC "expand", curvlinops' convention): A averages over the calls, G sums them."""
+    torch.manual_seed(8)
+    layer = nn.Linear(3, 2)
+    x1, x2 = torch.randn(5, 3), torch.randn(5, 3)
+    kfac = KFAC(layer, kl_clip=None)
+    with kfac.collect_statistics():
+        out1, out2 = layer(x1), layer(x2)
+        target = torch.randn(5, 2)
+        loss = (0.5 * (out1 + out2 - target).square().sum(1)).mean()  # one loss over both uses
+        loss.backward()
+    per_example = (out1 + out2 - target).detach()  # the same output gradient reaches both calls
+    expected_a = (
+        torch.cat([x1, torch.ones(5, 1)], 1).T @ torch.cat([x1, torch.ones(5, 1)], 1)
+        + torch.cat([x2, torch.ones(5, 1)], 1).T @ torch.cat([x2, torch.ones(5, 1)], 1)
+    ) / 10
+    expected_g = 2 * per_example.T @ per_example / 5  # summed over the two calls, averaged over examples
+    block = kfac.blocks[0]
+    torch.testing.assert_close(block.activation_factor, expected_a)
+    torch.testing.assert_close(block.gradient_factor, expected_g)
+
+
+# --------------------------------------------------------------------------------------------- state
+
+
+@pytest.mark.parametrize("curvature", ["eigen", "cholesky", "lowrank", "eva"])
+def test_every_approximation_round_trips_its_state_and_continues_bit_for_bit(curvature: str) -> None:
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    x = torch.randn(12, 1, 6, 6)
+    labels = torch.randint(0, 3, (12,))
+    options = dict(curvature=curvature, rank=4, update_inverses_every=2, kl_clip=None, row_fraction=0.5)
+
+    def update(net: nn.Module, kfac: KFAC, seed: int) -> None:
+        torch.manual_seed(seed)
+        with kfac.collect_statistics():
+            logits = net(x)
+            sampled_nll_backward(logits)
+        net.zero_grad()
+        F.cross_entropy(logits, labels).backward()
+        kfac.precondition()
+        with torch.no_grad():
+            for parameter in net.parameters():
+                parameter -= 0.1 * parameter.grad
+
+    kfac = KFAC(model, **options)
+    for seed in range(3):
+        update(model, kfac, seed)
+    state = copy.deepcopy(kfac.state_dict())
+    clone = copy.deepcopy(model)
+    restored = KFAC(clone, **options)
+    restored.load_state_dict(state)
+    for key, value in kfac.state_dict()["blocks"].items():
+        for name, tensor in value.items():
+            other = restored.state_dict()["blocks"][key][name]
+            if isinstance(tensor, torch.Tensor):
+                assert torch.equal(tensor, other), (key, name)
+    for seed in (10, 11):
+        update(model, kfac, seed)
+        update(clone, restored, seed)
+    for a, b in zip(model.parameters(), clone.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_state_saved_with_another_curvature_switches_to_it() -> None:
+    torch.manual_seed(10)
+    layer = nn.Linear(3, 2)
+    kfac = KFAC(layer, curvature="cholesky", kl_clip=None)
+    with kfac.collect_statistics():
+        sampled_nll_backward(layer(torch.randn(8, 3)))
+    layer.zero_grad()
+    layer(torch.randn(8, 3)).sum().backward()
+    kfac.precondition()
+    other = KFAC(copy.deepcopy(layer), kl_clip=None)
+    other.load_state_dict(kfac.state_dict())
+    assert other.curvature == "cholesky" and other.blocks[0].activation_inverse is not None
