@@ -213,7 +213,7 @@ def normalize_keywords(value: Any) -> dict[str, Any] | None:
         allowed = [
             name
             for name in inspect.signature(VecNormalize.__init__).parameters
-            if name not in ("self", "venv", "gamma")
+            if name not in ("self", "venv")
         ]
         check_nested_keys("normalize", value, allowed)
         return dict(value)

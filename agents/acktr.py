@@ -35,11 +35,13 @@ from acktr.agents.fisher import (
     snapshot,
 )
 from acktr.agents.optim import KFACOptimizer
+from acktr.curvature.preconditioner import STEP_RULES
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 
-# ACKTR's published learning rate: 0.25, decayed linearly to 0 over training.
-DEFAULT_LEARNING_RATE = LinearSchedule(start=0.25, end=0.0, end_fraction=1.0)
+# ACKTR's published learning rate (step_rule "natural"): 0.25, decayed linearly to 0 over training. The
+# constructor's defaults are A2C's (a drop-in); the zoo holds the published settings.
+PUBLISHED_LEARNING_RATE = LinearSchedule(start=0.25, end=0.0, end_fraction=1.0)
 
 # KL-adaptive learning rate (baselines' acktr_cont): η is divided by 1.5 when the measured KL of a step
 # exceeds twice the target and multiplied by 1.5 when it is below half of it, within these bounds.
@@ -86,6 +88,15 @@ def _count(minimum: int) -> Callable[[str, Any], int]:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"ACKTR: {name} must be an int >= {minimum}, got {value!r}")
         return value
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"ACKTR: {name} must be one of {', '.join(choices)}, got {value!r}")
+        return str(value)
 
     return check
 
@@ -161,6 +172,7 @@ CURVATURE_SETTINGS: tuple[str, ...] = (
     "vf_fisher_coef",
     "update_inverses_every",
     "target_kl",
+    "step_rule",
 )
 # kfac_kwargs options that may change on a built model (they take effect at the next update).
 LIVE_KFAC_OPTIONS: tuple[str, ...] = ("inverse_method", "update_factors_every")
@@ -193,9 +205,18 @@ class ACKTR(OnPolicyAlgorithm):
     Each update: one forward pass over the rollout; the sampled Fisher loss (actions resampled from the
     current policy, critic as a Gaussian with sampled target) is back-propagated inside
     ``kfac.collect_statistics()``; then the A2C loss is back-propagated, ``kfac.precondition(lr=η)`` turns the
-    gradient of actor *and* critic into ``ν·F̂⁻¹g`` with ``ν = min(1, sqrt(kl_clip / (η² gᵀF̂⁻¹g)))``, and SGD
+    gradient of actor *and* critic into ``ν·F̂⁻¹g`` with the trust-region scale ``ν`` of ``step_rule``, and SGD
     with momentum m and step η(1−m) applies it. Parameters without a K-FAC block (e.g. ``log_std``) keep their
     plain gradient, scaled by the same ν.
+
+    **What ``learning_rate`` means** (``step_rule``). With ``step_rule="whitened"`` (the default) η is the
+    per-parameter step in Fisher-whitened coordinates, as RMSprop's η is per parameter, so A2C's learning
+    rates carry over: the predicted KL of a step is ``min(η² P, kl_clip · (η/η₀)²)`` (P parameters in the
+    trust region, η₀ the schedule's initial value), i.e. at A2C's 7e-4 every step is a full trust-region step
+    of ``kl_clip``, and a decaying schedule shrinks the trust region. With ``step_rule="natural"`` (the
+    paper's) η multiplies ``F̂⁻¹g`` itself: the predicted KL is ``min(η² gᵀF̂⁻¹g, kl_clip)``, so the published
+    η = 0.25 is of the order of the trust region and A2C-scale values take steps ~10⁴× smaller in KL (the
+    zoo entries use ``step_rule: natural`` with the published learning rates).
 
     Cold start (OpenAI baselines): the first ``cold_iter`` updates are plain-gradient SGD-with-momentum steps
     of size η on the gradient clipped to ``max_grad_norm``, while the curvature statistics accumulate.
@@ -205,12 +226,17 @@ class ACKTR(OnPolicyAlgorithm):
 
     - ``use_rms_prop`` / ``rms_prop_eps``: ignored (the step is K-FAC + momentum SGD); ``use_rms_prop=True``
       warns. ``policy_kwargs["optimizer_class"/"optimizer_kwargs"]`` are likewise replaced.
-    - ``learning_rate``: η of the trust region and of the step; the default is ACKTR's 0.25 decayed linearly
-      to 0 (pass a float for a constant η, or any SB3 schedule).
+    - ``learning_rate``: see above (default A2C's 7e-4, constant; any SB3 schedule works).
     - ``max_grad_norm``: see the cold start above.
 
-    Defaults differ from A2C where ACKTR's published settings do (n_steps 20, ent_coef 0.01).
+    The defaults of the A2C keywords are A2C's (n_steps 5, ent_coef 0, learning rate 7e-4), so swapping A2C
+    for ACKTR with A2C's arguments is a like-for-like comparison; ACKTR's own defaults are momentum 0 and the
+    ``"whitened"`` step rule (measured on SB3's identity tasks: the paper's momentum 0.9 averages noisy
+    directions to ~1/4 of the trust-region step, and A2C-scale η with the natural rule barely moves the
+    policy). The published ACKTR settings (n_steps 20, ent_coef 0.01, lr 0.25 decayed, momentum 0.9,
+    ``step_rule="natural"``) are the zoo's ``atari`` and ``default`` blocks (``acktr zoo``).
 
+    :param step_rule: ``"whitened"`` or ``"natural"`` (see above).
     :param kl_clip: δ, the trust-region bound on the predicted KL of a step (None disables it).
     :param vf_kl_clip: None (default, the paper's ACKTR): one trust region over actor and critic, so
         ``Σ⟨Δ, g⟩`` sums over all parameters. A float gives the critic its own trust region, as the original
@@ -252,11 +278,11 @@ class ACKTR(OnPolicyAlgorithm):
         self,
         policy: str | type[ActorCriticPolicy],
         env: GymEnv | str,
-        learning_rate: float | Schedule = DEFAULT_LEARNING_RATE,
-        n_steps: int = 20,
+        learning_rate: float | Schedule = 7e-4,
+        n_steps: int = 5,
         gamma: float = 0.99,
         gae_lambda: float = 1.0,
-        ent_coef: float = 0.01,
+        ent_coef: float = 0.0,
         vf_coef: float = 0.5,
         max_grad_norm: float = 0.5,
         rms_prop_eps: float = 1e-5,
@@ -278,12 +304,13 @@ class ACKTR(OnPolicyAlgorithm):
         vf_kl_clip: float | None = None,
         damping: float = 1e-2,
         factor_decay: float = 0.99,
-        momentum: float = 0.9,
+        momentum: float = 0.0,
         cold_iter: int = 10,
         vf_fisher_coef: float = 1.0,
         update_inverses_every: int = 10,
         kfac_kwargs: dict[str, Any] | None = None,
         target_kl: float | None = None,
+        step_rule: str = "whitened",
     ):
         super().__init__(
             policy,
@@ -324,6 +351,7 @@ class ACKTR(OnPolicyAlgorithm):
         self.rms_prop_eps = rms_prop_eps
         self.use_rms_prop = use_rms_prop
         self.target_kl = target_kl
+        self.step_rule = step_rule
         self.lr_multiplier = 1.0
         self.kl_clip = kl_clip
         self.vf_kl_clip = vf_kl_clip
@@ -355,6 +383,7 @@ class ACKTR(OnPolicyAlgorithm):
     vf_fisher_coef = CurvatureSetting(_non_negative)
     update_inverses_every = CurvatureSetting(_count(1))
     target_kl = CurvatureSetting(_positive_or_none)
+    step_rule = CurvatureSetting(_one_of(STEP_RULES))
 
     def _apply_curvature_setting(self, name: str, value: Any) -> None:
         """Hand a changed hyperparameter to the built optimizer/preconditioner (no-op before set-up)."""
@@ -362,7 +391,7 @@ class ACKTR(OnPolicyAlgorithm):
         optimizer = getattr(policy, "optimizer", None)
         if not isinstance(optimizer, KFACOptimizer):
             return  # not built yet: _setup_model reads the attributes
-        if name in ("kl_clip", "damping", "factor_decay", "update_inverses_every"):
+        if name in ("kl_clip", "damping", "factor_decay", "update_inverses_every", "step_rule"):
             setattr(optimizer.kfac, name, value)
         elif name in ("momentum", "cold_iter"):
             setattr(optimizer, name, value)
@@ -383,6 +412,8 @@ class ACKTR(OnPolicyAlgorithm):
         super().__setattr__(name, value)
         if name == "learning_rate" and "lr_schedule" in self.__dict__:
             self._setup_lr_schedule()  # a new learning rate takes effect at the next update
+            if isinstance(getattr(self.policy, "optimizer", None), KFACOptimizer):
+                self.kfac.reference_lr = float(self.lr_schedule(1.0))
 
     def _apply_kfac_kwargs(self, kfac_kwargs: Any) -> None:
         """``model.kfac_kwargs = {...}`` on a built model: apply what can change, refuse the rest."""
@@ -400,9 +431,11 @@ class ACKTR(OnPolicyAlgorithm):
                 )
 
     def _setup_model(self) -> None:
-        # Models saved before the rename stored the factor decay as "stats_decay".
+        # Models saved before the rename stored the factor decay as "stats_decay"; they also predate
+        # step_rule and took the paper's natural-gradient steps.
         if "stats_decay" in self.__dict__:
             self.__dict__["factor_decay"] = self.__dict__.pop("stats_decay")
+            self.__dict__["step_rule"] = "natural"
         super()._setup_model()
         # Older saved models predate vf_kl_clip; load() restores attributes before calling _setup_model.
         vf_kl_clip = getattr(self, "vf_kl_clip", None)
@@ -420,12 +453,14 @@ class ACKTR(OnPolicyAlgorithm):
             lr=self.lr_schedule(1.0),
             momentum=self.momentum,
             cold_iter=self.cold_iter,
+            step_rule=self.step_rule,
             kl_clip=self.kl_clip,
             damping=self.damping,
             factor_decay=self.factor_decay,
             update_inverses_every=self.update_inverses_every,
             named_trust_region_groups=groups,
-            **self.kfac_kwargs,
+            # step_rule="whitened" measures η against the schedule's initial value
+            **{"reference_lr": float(self.lr_schedule(1.0)), **self.kfac_kwargs},
         )
         _ = self.kfac  # create the preconditioner now, on the policy's device
 

@@ -337,3 +337,23 @@ def kronecker_vector_precondition(
     norm = activation_vector.square().sum() * gradient_vector.square().sum()
     correction = torch.outer(gradient_vector, activation_vector) * (projection / (damping + norm))
     return (grad_matrix - correction) / damping
+
+
+def whitened_step_scale(
+    natural_grad_dot: Tensor, lr: float, kl_clip: float | None, parameter_count: int, reference_lr: float
+) -> Tensor:
+    """``ν`` when ``η`` is a per-parameter step in Fisher-whitened units (``step_rule="whitened"``).
+
+    The update ``η ν Δ`` then has predicted KL ``η² ν² ⟨Δ, g⟩ = min(η² P, δ (η / η₀)²)``: a step of ``η``
+    per parameter in the coordinates where the Fisher is the identity (what RMSprop's ``η`` means in
+    parameter units, so A2C-scale learning rates carry over), capped by the trust region ``δ``, which the
+    learning-rate schedule shrinks by ``(η / η₀)²`` (``η₀`` the schedule's initial value).
+
+    ``ν = min(sqrt(P / d), sqrt(δ / d) / η₀)`` with ``d = ⟨Δ, g⟩``; ``kl_clip=None`` drops the cap.
+    """
+    tiny = torch.finfo(natural_grad_dot.dtype).tiny
+    dot = natural_grad_dot.clamp_min(tiny)
+    scale = torch.sqrt(parameter_count / dot)
+    if kl_clip is not None and reference_lr > 0:
+        scale = torch.minimum(scale, torch.sqrt(kl_clip / dot) / reference_lr)
+    return scale

@@ -33,6 +33,7 @@ from acktr.curvature.blocks import KFACBlock
 from acktr.curvature.layers import adapter_class_for
 
 LOSS_REDUCTIONS = ("mean", "sum")
+STEP_RULES = ("natural", "whitened")
 # Largest Kronecker factor side covered by default: 8192² floats are 268 MB (eigendecomposition: minutes).
 DEFAULT_MAX_FACTOR_DIM = 8192
 STATE_VERSION = 2
@@ -142,6 +143,12 @@ class KFAC:
             (:meth:`statistics_subset` draws the rows); 1 uses the whole batch.
         row_fraction: fraction of a convolution's (example, position) rows used for its factors, drawn
             uniformly at random (unbiased); 1 uses all.
+        step_rule: how ``lr`` sizes the step (both within the KL trust region ``kl_clip``): ``"natural"``
+            (ACKTR's: the step is ``η F̂⁻¹g``, predicted KL ``min(η² gᵀF̂⁻¹g, δ)``) or ``"whitened"`` (``η``
+            is a per-parameter step in Fisher-whitened units, predicted KL
+            ``min(η² P, δ (η / reference_lr)²)`` with ``P`` the group's parameter count: RMSprop/Adam-scale
+            learning rates give comparable steps, and a decaying schedule shrinks the trust region).
+        reference_lr: ``η₀`` of ``step_rule="whitened"`` (the schedule's initial value); default: ``lr``.
         stagger_refresh: spread the layers' decomposition refreshes over the ``update_inverses_every`` steps
             (largest first, greedily balanced), so one update does not pay for every layer at once.
         factor_dtype: dtype of factors and decompositions; default float32 (float64 for float64 models).
@@ -175,6 +182,8 @@ class KFAC:
         statistics_fraction: float = 1.0,
         row_fraction: float = 1.0,
         stagger_refresh: bool = False,
+        step_rule: str = "natural",
+        reference_lr: float | None = None,
         factor_dtype: torch.dtype | None = None,
         modules: Iterable[nn.Module] | None = None,
         loss_reduction: str = "mean",
@@ -207,6 +216,12 @@ class KFAC:
         self.statistics_fraction = _check_fraction("statistics_fraction", statistics_fraction)
         self.row_fraction = _check_fraction("row_fraction", row_fraction)
         self.stagger_refresh = bool(stagger_refresh)
+        if step_rule not in STEP_RULES:
+            raise ValueError(f"KFAC: step_rule must be one of {', '.join(STEP_RULES)}, got {step_rule!r}")
+        self.step_rule = step_rule
+        if reference_lr is None:
+            reference_lr = float(lr()) if callable(lr) else float(lr)
+        self.reference_lr = _check_positive_number("reference_lr", reference_lr, allow_zero=True)
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"KFAC: loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
         self.loss_reduction = loss_reduction
@@ -453,6 +468,16 @@ class KFAC:
         self._block_groups = [group_of.get(id(block.parameters()[0]), 0) for block in self.blocks]
         self._uncovered_groups = [group_of.get(id(p), 0) for p in self._uncovered_parameters]
 
+    def _group_parameter_counts(self) -> list[int]:
+        """Trainable parameter count of each trust-region group (the ``P`` of ``step_rule="whitened"``)."""
+        counts = [0] * (1 + len(self._group_kl_clips))
+        for block, group in zip(self.blocks, self._block_groups, strict=True):
+            counts[group] += sum(p.numel() for p in block.parameters())
+        for param, group in zip(self._uncovered_parameters, self._uncovered_groups, strict=True):
+            if param.requires_grad:
+                counts[group] += param.numel()
+        return counts
+
     def _group_kl_clip(self, group: int) -> float | None:
         return self.kl_clip if group == 0 else self._group_kl_clips[group - 1]
 
@@ -628,10 +653,19 @@ class KFAC:
             assert param.grad is not None
             group_dots[group] = group_dots[group] + param.grad.float().square().sum()
 
-        scales = [
-            kfac_math.trust_region_scale(dot, group_etas[group], self._group_kl_clip(group))
-            for group, dot in enumerate(group_dots)
-        ]
+        if self.step_rule == "whitened":
+            counts = self._group_parameter_counts()
+            scales = [
+                kfac_math.whitened_step_scale(
+                    dot, group_etas[group], self._group_kl_clip(group), counts[group], self.reference_lr
+                )
+                for group, dot in enumerate(group_dots)
+            ]
+        else:
+            scales = [
+                kfac_math.trust_region_scale(dot, group_etas[group], self._group_kl_clip(group))
+                for group, dot in enumerate(group_dots)
+            ]
         for block, direction, group in directions:
             block.write_gradient_matrix(direction * scales[group].to(direction.dtype))
         for param, group in uncovered:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from torch.nn import functional as F
 from acktr import ACKTR
 from acktr.agents.optim import KFACOptimizer
 from acktr.curvature import KFAC
+
+# The formulas in these tests are the paper's update: η multiplies F̂⁻¹g (step_rule "natural").
+PaperACKTR = functools.partial(ACKTR, step_rule="natural")
 
 
 @pytest.fixture(autouse=True)
@@ -190,7 +194,7 @@ N_ENVS, N_STEPS = 64, 64  # 4096 states: Monte-Carlo error of a factor entry ≈
 
 def identity_model(vf_fisher_coef: float, **kwargs: Any) -> tuple[ACKTR, th.Tensor]:
     """An ACKTR on IdentityEnv(4) whose rollout buffer holds 4096 states, every action 0, returns ≈ 10."""
-    model = ACKTR(
+    model = PaperACKTR(
         "MlpPolicy",
         DummyVecEnv([lambda: IdentityEnv(4)]),
         cold_iter=0,  # the first update is a K-FAC step and its factors are that batch's statistics
@@ -255,7 +259,7 @@ def test_vf_fisher_coef_zero_leaves_the_critic_out_of_the_curvature() -> None:
     grads = a2c_gradients(before, model)
     for name, p in model.policy.named_parameters():
         if name.startswith(critic):
-            th.testing.assert_close(p.grad, step_scale * grads[name], rtol=1e-5, atol=1e-9)
+            th.testing.assert_close(p.grad, step_scale * grads[name], rtol=1e-4, atol=1e-8)
     # with the critic term the value head does get statistics
     with_critic, _ = identity_model(vf_fisher_coef=1.0)
     with_critic.train()
@@ -292,13 +296,13 @@ def make_policy_model(kind: str, seed: int = 0) -> ACKTR:
             return lambda: seeded(FakeImageEnv(screen_height=36, screen_width=36, n_channels=1), seed + index)
 
         env = VecTransposeImage(DummyVecEnv([image_env(0), image_env(1)]))
-        return ACKTR(
+        return PaperACKTR(
             "CnnPolicy", env, policy_kwargs=dict(features_extractor_kwargs=dict(features_dim=16)), **kwargs
         )
     if kind == "dict":
         np.random.seed(seed)  # the env draws its maze images from numpy's global generator
         env = DummyVecEnv([lambda: SimpleMultiObsEnv(random_start=True)] * 2)
-        return ACKTR(
+        return PaperACKTR(
             "MultiInputPolicy",
             env,
             policy_kwargs=dict(**small, features_extractor_kwargs=dict(cnn_output_dim=16)),
@@ -310,7 +314,7 @@ def make_policy_model(kind: str, seed: int = 0) -> ACKTR:
 
     env = DummyVecEnv([box_env(0), box_env(1)])
     squash = dict(squash_output=True) if kind == "squashed_sde" else {}
-    return ACKTR("MlpPolicy", env, use_sde=True, policy_kwargs=dict(**small, **squash), **kwargs)
+    return PaperACKTR("MlpPolicy", env, use_sde=True, policy_kwargs=dict(**small, **squash), **kwargs)
 
 
 POLICY_KINDS = ["cnn", "dict", "sde", "squashed_sde"]
@@ -404,7 +408,7 @@ def test_callable_learning_rate_is_the_step_size_of_each_update(kl_clip: float |
     """Momentum 0: Δθ = −η·(preconditioned grad) with η = schedule(progress) of *that* update, the same η
     is logged and is the η of the trust region ν = min(1, sqrt(δ / (η² gᵀF̂⁻¹g)))."""
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
-    model = ACKTR(
+    model = PaperACKTR(
         "MlpPolicy",
         env,
         learning_rate=schedule,
@@ -442,7 +446,7 @@ def test_momentum_is_reset_when_the_kfac_phase_starts() -> None:
     accumulates again."""
     env = make_vec_env("CartPole-v1", n_envs=2, seed=2)
     lr, m = 0.1, 0.9
-    model = ACKTR(
+    model = PaperACKTR(
         "MlpPolicy", env, learning_rate=lr, n_steps=8, momentum=m, cold_iter=2, seed=2, device="cpu"
     )
     recorder = TrainRecorder(model)
@@ -529,7 +533,7 @@ def test_acktr_rejects_a_summed_fisher_reduction() -> None:
     from acktr.agents import KFACActorCriticPolicy
 
     with pytest.raises(ValueError, match="loss_reduction"):
-        ACKTR("MlpPolicy", "CartPole-v1", device="cpu", kfac_kwargs=dict(loss_reduction="sum"))
+        PaperACKTR("MlpPolicy", "CartPole-v1", device="cpu", kfac_kwargs=dict(loss_reduction="sum"))
     with pytest.raises(ValueError, match="loss_reduction"):
         A2C(
             KFACActorCriticPolicy,
@@ -537,7 +541,7 @@ def test_acktr_rejects_a_summed_fisher_reduction() -> None:
             device="cpu",
             policy_kwargs=dict(kfac_kwargs=dict(loss_reduction="sum")),
         )
-    model = ACKTR("MlpPolicy", "CartPole-v1", device="cpu", kfac_kwargs=dict(loss_reduction="mean"))
+    model = PaperACKTR("MlpPolicy", "CartPole-v1", device="cpu", kfac_kwargs=dict(loss_reduction="mean"))
     assert model.kfac.loss_reduction == "mean"
 
 
@@ -570,7 +574,7 @@ def test_non_finite_first_statistics_give_a_damped_gradient_step_in_the_trust_re
     fisher_losses = poison_first_fisher_loss(monkeypatch)
     env = make_vec_env("CartPole-v1", n_envs=2, seed=4)
     lr, m, damping, kl_clip = 0.25, 0.9, 0.01, 1e-3
-    model = ACKTR(
+    model = PaperACKTR(
         "MlpPolicy",
         env,
         learning_rate=lr,
@@ -615,7 +619,7 @@ def test_first_finite_statistics_after_a_non_finite_batch_initialise_the_factors
 ) -> None:
     poison_first_fisher_loss(monkeypatch)
     env = make_vec_env("CartPole-v1", n_envs=2, seed=5)
-    model = ACKTR("MlpPolicy", env, n_steps=8, cold_iter=0, factor_decay=0.99, seed=5, device="cpu")
+    model = PaperACKTR("MlpPolicy", env, n_steps=8, cold_iter=0, factor_decay=0.99, seed=5, device="cpu")
     model.learn(16 * 2)
     first_layer = block(model, "mlp_extractor.policy_net.0")
     # its input is the observation: A of the second (first finite) batch, computed directly
