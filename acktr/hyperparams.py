@@ -65,6 +65,7 @@ NAMED_OBJECTS: dict[str, str] = {
     "th.optim.RMSprop": "torch.optim:RMSprop",
     "th.optim.SGD": "torch.optim:SGD",
     "RMSpropTFLike": "stable_baselines3.common.sb2_compat.rmsprop_tf_like:RMSpropTFLike",
+    "MinAtarCNN": "acktr.agents.extractors:MinAtarCNN",
 }
 # ``-p policy_kwargs.activation_fn=relu`` spellings -> canonical names
 _ACTIVATIONS: dict[str, str] = {
@@ -180,14 +181,16 @@ class ZooEntry:
 
 
 def zoo_entry(algo: str, env_id: str, atari: bool) -> ZooEntry:
-    """The block for ``env_id`` (full id): its own entry, else ``atari`` for Atari games, else ``default``."""
+    """The block for ``env_id`` (full id): its own entry, else its family's (``atari`` for Atari games,
+    ``minatar`` for MinAtar games), else ``default``."""
     zoo_name = get_algorithm(algo).zoo
     try:
         zoo = load_zoo(zoo_name)
     except ValueError as error:
         raise UserError(str(error)) from None
     sources = entry_sources(zoo_name)
-    for key in (env_id, "atari" if atari else None, "default"):
+    family = "atari" if atari else "minatar" if env_id.startswith("MinAtar/") else None
+    for key in (env_id, family, "default"):
         if key is not None and key in zoo:
             return ZooEntry(key, read_zoo_values(zoo[key]), sources.get(key, ""))
     return ZooEntry("(none)", {}, "no zoo file for this algorithm: agent defaults")

@@ -1,6 +1,7 @@
 """ACKTR and K-FAC policies for Stable-Baselines3 (``from acktr import ACKTR, KFACActorCriticPolicy``)."""
 
 from acktr.agents.acktr import ACKTR
+from acktr.agents.extractors import MinAtarCNN
 from acktr.agents.optim import KFACOptimizer
 from acktr.agents.policies import (
     KFACActorCriticCnnPolicy,
@@ -14,4 +15,5 @@ __all__ = [
     "KFACActorCriticPolicy",
     "KFACMultiInputActorCriticPolicy",
     "KFACOptimizer",
+    "MinAtarCNN",
 ]

@@ -14,7 +14,7 @@ from acktr.envs.adapters import (
     TorchVecEnvAdapter,
 )
 from acktr.envs.make import BACKENDS, VECTORIZATIONS, choose_backend, make_env, make_torch_env
-from acktr.envs.registry import is_atari, known_env_names, resolve_env_id
+from acktr.envs.registry import is_atari, is_minatar, known_env_names, resolve_env_id
 from acktr.envs.torch_envs import (
     TORCH_ENVS,
     AcrobotTorch,
@@ -43,6 +43,7 @@ __all__ = [
     "TorchVecEnvAdapter",
     "choose_backend",
     "is_atari",
+    "is_minatar",
     "known_env_names",
     "make_env",
     "make_torch_env",

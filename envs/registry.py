@@ -1,8 +1,10 @@
 """Environment names: short names -> full gymnasium ids, Atari detection, backend availability.
 
 ``resolve_env_id("Breakout") == "ALE/Breakout-v5"``, ``resolve_env_id("HalfCheetah") == "HalfCheetah-v5"``
-(the newest version gymnasium registers), ``resolve_env_id("CartPole") == "CartPole-v1"``. Full gymnasium ids
-pass through unchanged; envpool-style Atari ids (``"Breakout-v5"``) map to their ``ALE/`` gymnasium id.
+(the newest version gymnasium registers), ``resolve_env_id("CartPole") == "CartPole-v1"``,
+``resolve_env_id("MinAtar/Breakout") == "MinAtar/Breakout-v1"`` (the ``minatar`` package's registration).
+Full gymnasium ids pass through unchanged; envpool-style Atari ids (``"Breakout-v5"``) map to their ``ALE/``
+gymnasium id.
 """
 
 from __future__ import annotations
@@ -50,16 +52,40 @@ def _register_atari() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
+def _register_minatar() -> bool:
+    """Register the ``MinAtar/*`` ids of the ``minatar`` package once (False if it is not installed)."""
+    if importlib.util.find_spec("minatar") is None:
+        return False
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # minatar warns at import that seaborn (only used to render) is missing
+    try:
+        import minatar.gym
+    finally:
+        root.setLevel(level)
+    if not any(env_id.startswith("MinAtar/") for env_id in gym.registry):
+        minatar.gym.register_envs()
+    return True
+
+
+@functools.lru_cache(maxsize=1)
 def _short_name_table() -> dict[str, str]:
-    """Lower-cased short name -> full gymnasium id (newest version; plain ids before namespaced ones)."""
+    """Lower-cased short name -> full gymnasium id (newest version; plain ids before namespaced ones).
+
+    MinAtar games are known as ``minatar/<game>``."""
     _register_atari()
+    _register_minatar()
     best: dict[str, tuple[int, int, str]] = {}  # key -> (namespace rank, version, id)
     for env_id in gym.registry:
         match = _VERSION_PATTERN.match(env_id)
         if match is None:
             continue
         namespace, name = match["namespace"], match["name"]
-        if namespace not in (None, "ALE"):
+        if namespace == "MinAtar":
+            name = f"MinAtar/{name}"
+        elif namespace not in (None, "ALE"):
             continue  # phys2d/, tabular/ ... are alternative implementations, not the canonical env
         if namespace is None and env_id.split("-v")[0] in _atari_legacy_names():
             continue  # legacy Atari ids (Breakout-v4, ...) lose to ALE/Breakout-v5
@@ -90,8 +116,26 @@ def atari_game_names() -> tuple[str, ...]:
 
 
 def known_env_names() -> list[str]:
-    """Short names accepted by :func:`make_env`: classic control, MuJoCo and every Atari game."""
-    return [*CLASSIC_CONTROL_NAMES, *MUJOCO_NAMES, *atari_game_names()]
+    """Short names accepted by :func:`make_env`: classic control, MuJoCo, every Atari and MinAtar game."""
+    return [*CLASSIC_CONTROL_NAMES, *MUJOCO_NAMES, *atari_game_names(), *minatar_game_names()]
+
+
+@functools.lru_cache(maxsize=1)
+def minatar_game_names() -> tuple[str, ...]:
+    """Short names of the MinAtar games (``MinAtar/Breakout``, ...); empty without the package."""
+    if not _register_minatar():
+        return ()
+    names = {
+        match["name"]
+        for env_id in gym.registry
+        if (match := _VERSION_PATTERN.match(env_id)) and match["namespace"] == "MinAtar"
+    }
+    return tuple(f"MinAtar/{name}" for name in sorted(names))
+
+
+def is_minatar(env_id: str) -> bool:
+    """True for the MinAtar games (10×10×C boolean observations)."""
+    return env_id.startswith("MinAtar/")
 
 
 def resolve_env_id(name: str) -> str:
@@ -101,6 +145,7 @@ def resolve_env_id(name: str) -> str:
         ValueError: (one line) the name is unknown; the message lists the closest known names.
     """
     _register_atari()
+    _register_minatar()
     if name in gym.registry:
         return name
     if _VERSION_PATTERN.match(name) and f"ALE/{name}" in gym.registry:

@@ -27,7 +27,8 @@ from acktr.zoo import load_zoo
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("env_id", list(TASKS))
 def test_every_task_has_its_own_zoo_entry(algo: str, env_id: str) -> None:
-    assert run_config(algo, env_id, seed=0).zoo_entry == env_id
+    family = "minatar" if env_id.startswith("MinAtar/") else env_id  # one shared block for the MinAtar games
+    assert run_config(algo, env_id, seed=0).zoo_entry == family
 
 
 def test_runs_are_built_as_acktr_train_builds_them() -> None:
@@ -105,13 +106,30 @@ def test_run_one_schedules_over_the_overridden_zoo_horizon(monkeypatch: pytest.M
 
     horizons: list[int | None] = []
 
-    def fake_steps_to_threshold(model, threshold, budget, window=100, horizon=None):  # type: ignore[no-untyped-def]
+    def fake_measure(model, threshold, budget, window=100, horizon=None, to_budget=False):  # type: ignore[no-untyped-def]
         horizons.append(horizon)
-        return None
+        return None, None
 
-    monkeypatch.setattr(bench, "steps_to_threshold", fake_steps_to_threshold)
+    monkeypatch.setattr(bench, "measure", fake_measure)
     spec = RunSpec("acktr", "CartPole-v1", 0, 475.0, 1_000)
     assert bench.run_one(spec).steps is None
     assert bench.run_one(RunSpec(**{**spec.__dict__, "overrides": ("n_timesteps=5000",)})).steps is None
     zoo_horizon = int(float(load_zoo("acktr")["CartPole-v1"]["n_timesteps"]))
     assert horizons == [zoo_horizon, 5_000]
+
+
+def test_tasks_trained_to_the_budget_report_the_first_crossing_and_the_final_return() -> None:
+    from acktr.bench.sample_efficiency import measure
+
+    th.set_num_threads(1)
+    model = ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, device="cpu")
+    steps, final = measure(model, threshold=5.0, budget=3_000, window=10, to_budget=True)
+    assert steps is not None and steps < 3_000 <= model.num_timesteps  # crossed early, trained on
+    assert final is not None and final >= 5.0
+    results = [
+        RunResult(RunSpec(algo, "MinAtar/Breakout-v1", seed, 8.0, 1000, to_budget=True), None, 1.0, value)
+        for algo, values in (("acktr", (9.0, 11.0)), ("ppo", (4.0, 6.0)))
+        for seed, value in enumerate(values)
+    ]
+    report = format_report(results, ["MinAtar/Breakout-v1"], ["acktr", "ppo"], [0, 1], wall=1.0)
+    assert "| MinAtar/Breakout-v1 | 1000 | ACKTR | 10.00 ± 1.00 | 9.00, 11.00 |" in report

@@ -248,3 +248,33 @@ def test_gymnasium_vectorization_on_atari_scores_whole_games() -> None:
             games += "episode" in infos[i]
     assert games >= 1 and life_losses >= 5 * games  # life loss ends an episode; the score is per game
     venv.close()
+
+
+def test_minatar_games_resolve_and_train_with_the_papers_network_under_kfac(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`acktr train --env MinAtar/Breakout`: the minatar registration, the zoo's minatar block and the
+    MinAtar paper's CNN, whose Conv2d and Linear layers all get K-FAC blocks."""
+    from acktr.agents import ACKTR, MinAtarCNN
+    from acktr.cli import main
+    from acktr.envs import known_env_names, resolve_env_id
+
+    assert resolve_env_id("MinAtar/Breakout") == "MinAtar/Breakout-v1"
+    assert resolve_env_id("minatar/spaceinvaders") == "MinAtar/SpaceInvaders-v1"
+    assert "MinAtar/Seaquest" in known_env_names()
+    run_dir = tmp_path / "run"
+    args = [
+        "train",
+        "--env",
+        "MinAtar/Breakout",
+        "--timesteps",
+        "1000",
+        "--eval-episodes",
+        "0",
+        "--seed",
+        "0",
+    ]
+    assert main([*args, "-p", "cold_iter=0", "--no-progress", "--run-dir", str(run_dir)]) == 0
+    model = ACKTR.load(run_dir / "model.zip")
+    assert isinstance(model.policy.features_extractor, MinAtarCNN)
+    names = [block.name for block in model.kfac.blocks]
+    assert names == ["features_extractor.conv", "features_extractor.hidden", "action_net", "value_net"]
+    assert model.kfac.steps > 0 and all(block.has_factors for block in model.kfac.blocks)

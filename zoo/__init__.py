@@ -2,9 +2,9 @@
 
 Each file maps a full environment id (``CartPole-v1``, ``ALE/Breakout-v5``) to a block of constructor
 keywords plus the zoo keys ``n_timesteps``, ``n_envs``, ``policy``, ``normalize``, ``frame_stack`` and
-``env_wrapper``; an ``atari`` block covers every Atari game without its own entry and ``default`` everything
-else. The comment line ``# source: ...`` right above an entry records where its values came from and whether
-they were tuned here; :func:`entry_sources` reads those lines.
+``env_wrapper``; an ``atari`` (``minatar``) block covers every Atari (MinAtar) game without its own entry and
+``default`` everything else. The comment line ``# source: ...`` right above an entry records where its values
+came from and whether they were tuned here; :func:`entry_sources` reads those lines.
 
     from acktr.zoo import load_zoo, zoo_path
     load_zoo("acktr")["CartPole-v1"]["n_envs"]  # -> 8
@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
-# Blocks that are not environment ids.
-SPECIAL_KEYS: tuple[str, ...] = ("default", "atari")
+# Blocks that are not environment ids: a family block (every Atari / MinAtar game without its own entry), then
+# the default for everything else.
+SPECIAL_KEYS: tuple[str, ...] = ("default", "atari", "minatar")
 
 _SOURCE_LINE = re.compile(r"^#\s*source:\s*(?P<text>.+?)\s*$")
 _ENTRY_LINE = re.compile(r"^(?P<key>[A-Za-z0-9_./-]+):\s*(?:&\w+)?\s*$")

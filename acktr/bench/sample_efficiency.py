@@ -20,22 +20,39 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-# env id -> (return threshold, default step budget)
-TASKS: dict[str, tuple[float, int]] = {
-    "CartPole-v1": (475.0, 300_000),
-    "Acrobot-v1": (-100.0, 500_000),
-    "LunarLander-v3": (200.0, 1_000_000),
-    "Pendulum-v1": (-200.0, 1_000_000),
+
+class Task(NamedTuple):
+    threshold: float
+    """Return the 100-episode training mean must reach."""
+    budget: int
+    """Default step budget."""
+    to_budget: bool = False
+    """Train to the budget even after the threshold (to report the final return at equal steps)."""
+
+
+TASKS: dict[str, Task] = {
+    "CartPole-v1": Task(475.0, 300_000),
+    "Acrobot-v1": Task(-100.0, 500_000),
+    "LunarLander-v3": Task(200.0, 1_000_000),
+    "Pendulum-v1": Task(-200.0, 1_000_000),
+    # MinAtar (Young & Tian 2019) with the paper's network: Atari-like learning measurable on a CPU
+    "MinAtar/Breakout-v1": Task(8.0, 1_000_000, to_budget=True),
+    "MinAtar/SpaceInvaders-v1": Task(40.0, 1_000_000, to_budget=True),
 }
+DEFAULT_ENVS = ("CartPole-v1", "Acrobot-v1", "LunarLander-v3", "Pendulum-v1")
 ALGOS = ("acktr", "a2c", "ppo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--envs", default=",".join(TASKS), help="comma-separated env ids (default: all four)")
+    parser.add_argument(
+        "--envs",
+        default=",".join(DEFAULT_ENVS),
+        help=f"comma-separated env ids among {', '.join(TASKS)} (default: the four classic-control ones)",
+    )
     parser.add_argument("--algos", default=",".join(ALGOS), help="comma-separated subset of acktr,a2c,ppo")
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1; default 5)")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
@@ -45,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ENV=STEPS",
         help="step budget for one env (repeatable); defaults: "
-        + ", ".join(f"{env} {budget:g}" for env, (_, budget) in TASKS.items()),
+        + ", ".join(f"{env} {task.budget:g}" for env, task in TASKS.items()),
     )
     parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes (1 torch thread each)")
     parser.add_argument(
@@ -66,6 +83,7 @@ class RunSpec:
     threshold: float
     budget: int
     overrides: tuple[str, ...] = ()
+    to_budget: bool = False
     """``-p`` style ``KEY=VALUE`` overrides of the zoo entry."""
 
 
@@ -74,6 +92,7 @@ class RunResult:
     spec: RunSpec
     steps: int | None  # None: threshold not reached within the budget
     seconds: float
+    final_mean: float | None = None  # 100-episode training mean when training stopped (None: no episode)
 
 
 def parse_override(item: str) -> tuple[str, str]:
@@ -112,7 +131,27 @@ def steps_to_threshold(
         ``n_timesteps``, as rl-zoo would run it); training still stops at ``budget``. Default: ``budget``.
     :return: env steps taken at that moment, or None if not reached within ``budget`` steps.
     """
+    return measure(model, threshold, budget, window, horizon, to_budget=False)[0]
+
+
+def measure(
+    model: Any,
+    threshold: float,
+    budget: int,
+    window: int = 100,
+    horizon: int | None = None,
+    to_budget: bool = False,
+) -> tuple[int | None, float | None]:
+    """Train ``model`` and return (env steps when the ``window``-episode training mean first reached
+    ``threshold`` or None, that mean when training stopped). Training stops at the first crossing, or with
+    ``to_budget`` at ``budget`` steps (the final return at equal steps); always at the budget or horizon."""
     from stable_baselines3.common.callbacks import BaseCallback
+
+    def mean_return() -> float | None:
+        episodes = model.ep_info_buffer
+        if not episodes:
+            return None
+        return float(np.mean([info["r"] for info in list(episodes)[-window:]]))
 
     class StopAtThreshold(BaseCallback):
         def __init__(self) -> None:
@@ -120,16 +159,15 @@ def steps_to_threshold(
             self.reached_at: int | None = None
 
         def _on_step(self) -> bool:
-            episodes = self.model.ep_info_buffer
-            assert episodes is not None
             if self.num_timesteps > budget:
                 return False
-            if (
-                len(episodes) >= window
-                and np.mean([info["r"] for info in list(episodes)[-window:]]) >= threshold
-            ):
-                self.reached_at = self.num_timesteps
-                return False
+            episodes = self.model.ep_info_buffer
+            assert episodes is not None
+            if self.reached_at is None and len(episodes) >= window:
+                mean = mean_return()
+                if mean is not None and mean >= threshold:
+                    self.reached_at = self.num_timesteps
+                    return to_budget
             return True
 
     if model.ep_info_buffer is not None and model.ep_info_buffer.maxlen < window:
@@ -137,7 +175,7 @@ def steps_to_threshold(
     callback = StopAtThreshold()
     model.learn(budget if horizon is None else horizon, callback=callback)
     reached_at = callback.reached_at
-    return reached_at if reached_at is not None and reached_at <= budget else None
+    return (reached_at if reached_at is not None and reached_at <= budget else None), mean_return()
 
 
 def run_one(spec: RunSpec) -> RunResult:
@@ -151,10 +189,12 @@ def run_one(spec: RunSpec) -> RunResult:
     venv, model = build_run(config)
     try:
         # Schedules (lin_*) decay over the zoo's own n_timesteps, as rl-zoo runs them, not over our budget.
-        steps = steps_to_threshold(model, spec.threshold, spec.budget, horizon=config.n_timesteps)
+        steps, final = measure(
+            model, spec.threshold, spec.budget, horizon=config.n_timesteps, to_budget=spec.to_budget
+        )
     finally:
         venv.close()
-    return RunResult(spec, steps, time.perf_counter() - start)
+    return RunResult(spec, steps, time.perf_counter() - start, final)
 
 
 def _median(values: list[int | None], budget: int) -> tuple[float, bool]:
@@ -228,10 +268,31 @@ def format_report(
                 ratio = "n/a" if acktr_censored and censored else f"{bound}{acktr_median / median:.2f}"
             reached = sum(r.steps is not None for r in runs)
             lines.append(
-                f"| {env_id} | {TASKS[env_id][0]:g} | {algo.upper()} | {_fmt_steps(median, censored)} | "
-                f"{reached}/{len(runs)} | {per_seed} | {ratio} |"
+                f"| {env_id} | {TASKS[env_id].threshold:g} | {algo.upper()} | "
+                f"{_fmt_steps(median, censored)} | {reached}/{len(runs)} | {per_seed} | {ratio} |"
             )
     lines += ["", "Goal: ACKTR ÷ A2C ≤ 0.5 and ACKTR ÷ PPO ≤ 1.0."]
+    final_envs = [env_id for env_id in envs if TASKS[env_id].to_budget]
+    if final_envs:
+        lines += [
+            "",
+            "Final 100-episode training mean at the budget (these tasks train to the budget; mean ± std over "
+            "seeds):",
+            "",
+            "| env | steps | algo | final return | per seed |",
+            "|---|---|---|---|---|",
+        ]
+        for env_id in final_envs:
+            for algo in algos:
+                runs = [r for r in results if r.spec.env_id == env_id and r.spec.algo == algo]
+                finals = [r.final_mean for r in runs if r.final_mean is not None]
+                if not runs or not finals:
+                    continue
+                per_seed = ", ".join("—" if r.final_mean is None else f"{r.final_mean:.2f}" for r in runs)
+                lines.append(
+                    f"| {env_id} | {runs[0].spec.budget:g} | {algo.upper()} | "
+                    f"{np.mean(finals):.2f} ± {np.std(finals):.2f} | {per_seed} |"
+                )
     return "\n".join(lines)
 
 
@@ -250,7 +311,7 @@ def run(args: argparse.Namespace) -> str:
         raise SystemExit(
             f"sample-efficiency: unknown env/algo {unknown}; choose from {list(TASKS)} and {ALGOS}"
         )
-    budgets = {env: budget for env, (_, budget) in TASKS.items()}
+    budgets = {env: task.budget for env, task in TASKS.items()}
     for item in args.budget:
         env, _, steps = item.partition("=")
         if env not in TASKS or not steps:
@@ -272,9 +333,10 @@ def run(args: argparse.Namespace) -> str:
             algo,
             env,
             seed,
-            TASKS[env][0],
+            TASKS[env].threshold,
             budgets[env],
             tuple(overrides.get(env, [])) if algo == "acktr" else (),
+            TASKS[env].to_budget,
         )
         for env in envs
         for algo in algos
