@@ -35,6 +35,16 @@ from acktr.curvature import kfac_math
 from acktr.curvature.kfac_math import Eigendecomposition, LowRankEigen
 
 
+def blend_weight(count: Tensor, finite: Tensor, *, decay: float, cold_iter: int) -> Tensor:
+    """The weight ``w`` of a new batch in ``F ← (1 − w) F + w F_new`` (0-dim tensor, no host sync): a plain
+    average while fewer than ``cold_iter`` finite batches were folded in (and always over a zero-initialised
+    statistic, ``count = 0``), ``1 − decay`` afterwards, 0 for a non-finite batch."""
+    cold = count < max(cold_iter, 1)
+    exponential = torch.full_like(count, 1.0 - decay)
+    weight = torch.where(cold, (1.0 / (count + 1.0)).clamp(min=1.0 - decay), exponential)
+    return torch.where(finite, weight, torch.zeros_like(weight))
+
+
 class CurvatureApproximation:
     """Base class: counters, failure bookkeeping and the cold-start/decay rule shared by every kind."""
 
@@ -96,11 +106,7 @@ class CurvatureApproximation:
             self.finite_updates = finite.to(self.dtype)
         else:
             count = self.finite_updates
-            # plain average while cold (and always over a zero-initialised statistic: count 0), then EMA
-            cold = count < max(cold_iter, 1)
-            exponential = torch.full_like(count, 1.0 - decay)
-            weight = torch.where(cold, (1.0 / (count + 1.0)).clamp(min=1.0 - decay), exponential)
-            weight = torch.where(finite, weight, torch.zeros_like(weight))
+            weight = blend_weight(count, finite, decay=decay, cold_iter=cold_iter)
             activation.lerp_(torch.where(finite, activation_new, activation), weight)
             gradient.lerp_(torch.where(finite, gradient_new, gradient), weight)
             self.finite_updates = count + finite.to(count.dtype)
@@ -152,7 +158,12 @@ class CurvatureApproximation:
 
 
 class KroneckerFactors(CurvatureApproximation):
-    """K-FAC's ``A = E[ā āᵀ]`` ``(d_in', d_in')`` and ``G`` ``(d_out, d_out)`` as running averages."""
+    """K-FAC's ``A = E[ā āᵀ]`` ``(d_in', d_in')`` and ``G`` ``(d_out, d_out)`` as running averages.
+
+    A call with fewer rows than its factor's side (a wide layer on a small batch) keeps its rows until the
+    update and folds them in as one rank-N update ``F ← (1 − w) F + w c RᵀR`` (a single pass over ``F``,
+    instead of forming ``RᵀR`` and blending it in); other calls are reduced to second moments at once.
+    """
 
     state_tensors: ClassVar[tuple[str, ...]] = ("activation_factor", "gradient_factor")
 
@@ -162,30 +173,86 @@ class KroneckerFactors(CurvatureApproximation):
         super().__init__(activation_dim, gradient_dim, has_bias=has_bias, dtype=dtype)
 
     def reset_pending(self) -> None:
-        self._activation_mean: Tensor | None = None
-        self._activation_rows = 0
-        self._gradient_sum: Tensor | None = None
+        # each side: a list of (rows R, coefficient c) with statistic c Σ RᵀR (rows already padded with the
+        # homogeneous 1), or a reduced statistic; A averages its calls, G sums them
+        self._activation_calls: list[tuple[Tensor, float, int]] = []  # (statistic, c, rows of the call)
+        self._gradient_calls: list[tuple[Tensor, float]] = []
 
     def observe_activations(self, rows: Tensor) -> None:
-        moment = kfac_math.second_moment(rows.to(self.dtype), with_ones=self.has_bias)
+        rows = rows.to(self.dtype)
         count = rows.shape[0]
-        if self._activation_mean is None:
-            self._activation_mean = moment
-        else:  # weight sharing / several calls: average over all rows
-            self._activation_mean.lerp_(moment, count / (self._activation_rows + count))
-        self._activation_rows += count
+        if count < self.activation_dim:  # few rows: keep them (with the homogeneous 1) for a rank-N update
+            if self.has_bias:
+                rows = torch.cat([rows, rows.new_ones(count, 1)], dim=1)
+            self._activation_calls.append((rows, 1.0 / count, count))
+        else:  # many rows: reduce now (the border trick avoids copying them to append the 1)
+            moment = kfac_math.second_moment(rows, with_ones=self.has_bias)
+            self._activation_calls.append((moment, 0.0, count))
 
     def observe_gradients(self, rows: Tensor, examples: int, weight: float, grad_scale: float) -> None:
-        factor = kfac_math.gradient_factor(rows.to(self.dtype), batch_size=examples, grad_scale=grad_scale)
-        if weight != 1.0:
-            factor = factor * weight
+        rows = rows.to(self.dtype)
         # weight sharing: the per-example G sums over the calls of the module (K-FAC "expand")
-        self._gradient_sum = factor if self._gradient_sum is None else self._gradient_sum.add_(factor)
+        self._gradient_calls.append(self._reduce_if_tall(rows, weight * grad_scale * grad_scale / examples))
+
+    @staticmethod
+    def _reduce_if_tall(rows: Tensor, coefficient: float) -> tuple[Tensor, float]:
+        """Rows kept as they are when there are fewer than columns; otherwise ``c RᵀR`` (marked by c = 0)."""
+        if rows.shape[0] < rows.shape[1]:
+            return rows, coefficient
+        return torch.mm(rows.T, rows).mul_(coefficient), 0.0
+
+    def _activation_statistic(self) -> tuple[Tensor, float]:
+        if len(self._activation_calls) == 1:
+            statistic, coefficient, _ = self._activation_calls[0]
+            return statistic, coefficient
+        # several calls (weight sharing): the row-weighted mean of their second moments
+        total = sum(rows for _, _, rows in self._activation_calls)
+        moments = [
+            self._dense(statistic, c) * (rows / total) for statistic, c, rows in self._activation_calls
+        ]
+        return torch.stack(moments).sum(dim=0), 0.0
+
+    def _gradient_statistic(self) -> tuple[Tensor, float]:
+        if len(self._gradient_calls) == 1:
+            return self._gradient_calls[0]
+        return torch.stack([self._dense(statistic, c) for statistic, c in self._gradient_calls]).sum(
+            dim=0
+        ), 0.0
+
+    @staticmethod
+    def _dense(rows: Tensor, coefficient: float) -> Tensor:
+        return rows if coefficient == 0.0 else torch.mm(rows.T, rows).mul_(coefficient)
 
     def pending(self) -> tuple[Tensor, Tensor] | None:
-        if self._activation_mean is None or self._gradient_sum is None:
+        if not self._activation_calls or not self._gradient_calls:
             return None
-        return self._activation_mean, self._gradient_sum
+        activation, a_coefficient = self._activation_statistic()
+        gradient, g_coefficient = self._gradient_statistic()
+        return self._dense(activation, a_coefficient), self._dense(gradient, g_coefficient)
+
+    def update(self, *, decay: float, cold_iter: int) -> bool:
+        if not self._activation_calls or not self._gradient_calls:
+            return False
+        if self.activation_factor is None or self.gradient_factor is None or self.finite_updates is None:
+            return super().update(decay=decay, cold_iter=cold_iter)  # the first batch initialises
+        sides = [
+            (self.activation_factor, *self._activation_statistic()),
+            (self.gradient_factor, *self._gradient_statistic()),
+        ]
+        finite = torch.isfinite(sides[0][1].sum()) & torch.isfinite(sides[1][1].sum())
+        count = self.finite_updates
+        weight = blend_weight(count, finite, decay=decay, cold_iter=cold_iter)
+        for factor, statistic, coefficient in sides:
+            if coefficient == 0.0:  # a reduced statistic: blend it in
+                factor.lerp_(torch.where(finite, statistic, factor), weight)
+            else:  # rows: one rank-N update; a non-finite batch has weight 0 and its rows are zeroed
+                scaled = torch.nan_to_num(statistic, nan=0.0, posinf=0.0, neginf=0.0) * torch.sqrt(
+                    weight * coefficient
+                )
+                factor.mul_(1.0 - weight).addmm_(scaled.T, scaled)
+        self.finite_updates = count + finite.to(count.dtype)
+        self.statistics_updates += 1
+        return True
 
     def running(self) -> tuple[Tensor | None, Tensor | None]:
         return self.activation_factor, self.gradient_factor

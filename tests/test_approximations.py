@@ -302,3 +302,35 @@ def test_state_saved_with_another_curvature_switches_to_it() -> None:
     other = KFAC(copy.deepcopy(layer), kl_clip=None)
     other.load_state_dict(kfac.state_dict())
     assert other.curvature == "cholesky" and other.blocks[0].activation_inverse is not None
+
+
+def test_rank_n_updates_of_wide_factors_equal_the_running_average_definition() -> None:
+    """Few rows on a wide layer take the rank-N path; the factors must still be the plain-then-exponential
+    running averages of the per-batch second moments, and a non-finite batch must leave them unchanged."""
+    torch.manual_seed(11)
+    layer = nn.Linear(40, 3)
+    kfac = KFAC(layer, factor_decay=0.9, cold_iter=2, kl_clip=None)
+    expected_a = expected_g = None
+    for update in range(5):
+        x = torch.randn(6, 40)  # 6 rows < 41 columns: kept as rows until the update
+        with kfac.collect_statistics():
+            out = layer(x)
+            target = torch.randn(6, 3)
+            (0.5 * (out - target).square().sum(1)).mean().backward()
+        rows = torch.cat([x, torch.ones(6, 1)], 1)
+        batch_a = rows.T @ rows / 6
+        grads = (out - target).detach()
+        batch_g = grads.T @ grads / 6
+        weight = 1.0 if update == 0 else max(1.0 / (update + 1), 0.1) if update < 2 else 0.1
+        expected_a = batch_a if expected_a is None else (1 - weight) * expected_a + weight * batch_a
+        expected_g = batch_g if expected_g is None else (1 - weight) * expected_g + weight * batch_g
+        torch.testing.assert_close(kfac.blocks[0].activation_factor, expected_a)
+        torch.testing.assert_close(kfac.blocks[0].gradient_factor, expected_g)
+    before = kfac.blocks[0].activation_factor.clone(), kfac.blocks[0].gradient_factor.clone()
+    with kfac.collect_statistics():
+        x = torch.randn(6, 40)
+        x[0, 0] = float("nan")
+        layer(x).sum().backward()
+    assert torch.equal(kfac.blocks[0].activation_factor, before[0])
+    assert torch.equal(kfac.blocks[0].gradient_factor, before[1])
+    assert kfac.blocks[0].statistics_updates == 6 and float(kfac.blocks[0].finite_updates) == 5.0

@@ -44,7 +44,7 @@ TASKS: dict[str, Task] = {
     "MinAtar/SpaceInvaders-v1": Task(40.0, 1_000_000, to_budget=True),
 }
 DEFAULT_ENVS = ("CartPole-v1", "Acrobot-v1", "LunarLander-v3", "Pendulum-v1")
-ALGOS = ("acktr", "a2c", "ppo")
+ALGOS = ("acktr", "a2c", "ppo")  # the default comparison; --algos takes any name of acktr.algorithms
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(DEFAULT_ENVS),
         help=f"comma-separated env ids among {', '.join(TASKS)} (default: the four classic-control ones)",
     )
-    parser.add_argument("--algos", default=",".join(ALGOS), help="comma-separated subset of acktr,a2c,ppo")
+    parser.add_argument(
+        "--algos",
+        default=",".join(ALGOS),
+        help="comma-separated registry names (as `acktr train --algo`; default: acktr,a2c,ppo)",
+    )
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1; default 5)")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument(
@@ -306,10 +310,13 @@ def _first_per_env(results: list[RunResult]) -> list[RunResult]:
 def run(args: argparse.Namespace) -> str:
     envs = [env.strip() for env in args.envs.split(",") if env.strip()]
     algos = [algo.strip().lower() for algo in args.algos.split(",") if algo.strip()]
-    unknown = [env for env in envs if env not in TASKS] + [algo for algo in algos if algo not in ALGOS]
+    from acktr.algorithms import algorithm_names
+
+    known_algos = algorithm_names()
+    unknown = [env for env in envs if env not in TASKS] + [algo for algo in algos if algo not in known_algos]
     if unknown:
         raise SystemExit(
-            f"sample-efficiency: unknown env/algo {unknown}; choose from {list(TASKS)} and {ALGOS}"
+            f"sample-efficiency: unknown env/algo {unknown}; choose from {list(TASKS)} and {known_algos}"
         )
     budgets = {env: task.budget for env, task in TASKS.items()}
     for item in args.budget:
