@@ -192,14 +192,11 @@ class KroneckerFactors(CurvatureApproximation):
     def observe_gradients(self, rows: Tensor, examples: int, weight: float, grad_scale: float) -> None:
         rows = rows.to(self.dtype)
         # weight sharing: the per-example G sums over the calls of the module (K-FAC "expand")
-        self._gradient_calls.append(self._reduce_if_tall(rows, weight * grad_scale * grad_scale / examples))
-
-    @staticmethod
-    def _reduce_if_tall(rows: Tensor, coefficient: float) -> tuple[Tensor, float]:
-        """Rows kept as they are when there are fewer than columns; otherwise ``c RᵀR`` (marked by c = 0)."""
-        if rows.shape[0] < rows.shape[1]:
-            return rows, coefficient
-        return torch.mm(rows.T, rows).mul_(coefficient), 0.0
+        if rows.shape[0] < rows.shape[1]:  # few rows: kept for a rank-N update
+            self._gradient_calls.append((rows, weight * grad_scale * grad_scale / examples))
+            return
+        factor = kfac_math.gradient_factor(rows, batch_size=examples, grad_scale=grad_scale)
+        self._gradient_calls.append((factor * weight if weight != 1.0 else factor, 0.0))
 
     def _activation_statistic(self) -> tuple[Tensor, float]:
         if len(self._activation_calls) == 1:
