@@ -40,3 +40,14 @@ def test_bench_is_reachable_from_the_cli_and_rejects_unknown_benchmarks(capsys) 
         cli_main(["bench", "no-such-benchmark"])
     assert excinfo.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_update_benchmark_compares_presets_in_one_run(tmp_path: Path) -> None:
+    out = tmp_path / "pareto.md"
+    argv = ["update", "--policy", "mlp", "--presets", "exact,eva-subsampled", "--batches", "2x2"]
+    assert bench.main([*argv, "--rounds", "1", "--warmup", "0", "--threads", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| exact | curvature=eigen" in text and "| eva-subsampled | curvature=eva" in text
+    assert "### exact" in text and "### eva-subsampled" in text  # each preset's own phase table
+    with pytest.raises(SystemExit, match="unknown preset"):
+        bench.main(["update", "--presets", "fastest", "--rounds", "1"])

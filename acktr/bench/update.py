@@ -35,6 +35,14 @@ POLICIES: dict[str, tuple[tuple[int, ...], np.dtype, int, str]] = {
     "mlp": ((4,), np.dtype(np.float32), 2, "MlpPolicy"),
 }
 PHASES = ("forward", "fisher_backward", "backward", "step", "kl")
+# Named K-FAC configurations for --presets (the Pareto table of zoo/benchmarks/update.md).
+PRESETS: dict[str, dict[str, Any]] = {
+    "exact": {"curvature": "eigen", "statistics_fraction": 1.0, "row_fraction": 1.0},
+    "exact-subsampled": {"curvature": "eigen", "statistics_fraction": 0.25, "row_fraction": 1.0},
+    "lowrank-subsampled": {"curvature": "lowrank", "statistics_fraction": 0.125, "row_fraction": 0.25},
+    "eva": {"curvature": "eva", "statistics_fraction": 1.0, "row_fraction": 1.0},
+    "eva-subsampled": {"curvature": "eva", "statistics_fraction": 0.125, "row_fraction": 0.25},
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--row-fraction", type=float, default=1.0, help="fraction of conv (example, position) rows used"
     )
     parser.add_argument("--stagger", action="store_true", help="spread decomposition refreshes over updates")
+    parser.add_argument(
+        "--presets",
+        default=None,
+        help="comma-separated named configurations to compare in one run (overrides the K-FAC options "
+        f"above): {', '.join(PRESETS)}",
+    )
     parser.add_argument("--memory", action="store_true", help="also measure the peak memory of the updates")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="torch device")
@@ -192,9 +206,36 @@ def _ms(value: float) -> str:
 def run(args: argparse.Namespace) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.presets:
+        return _report(args)[0]
+    names = [name.strip() for name in str(args.presets).split(",") if name.strip()]
+    unknown = [name for name in names if name not in PRESETS]
+    if unknown:
+        raise SystemExit(f"bench update: unknown preset(s) {unknown}; choose from {', '.join(PRESETS)}")
+    summaries, details = [], []
+    for name in names:
+        preset_args = argparse.Namespace(**{**vars(args), **PRESETS[name]})
+        report, ratios = _report(preset_args)
+        options = ", ".join(f"{key}={value}" for key, value in PRESETS[name].items())
+        cells = " | ".join(f"{ratio:.2f}×" for _, ratio in ratios)
+        summaries.append(f"| {name} | {options} | {cells} |")
+        details.append(f"### {name}\n\n{report}")
+    batches = [label for label, _ in ratios]
+    table = (
+        f"ACKTR update ÷ SB3 A2C update per K-FAC configuration (mean over {args.rounds} interleaved rounds, "
+        f"`{POLICIES[args.policy][3]}`, torch threads={torch.get_num_threads()}; target ≤ 1.25×):\n\n"
+        f"| preset | K-FAC options | {' | '.join(batches)} |\n|---|---|{'---:|' * len(batches)}\n"
+        + "\n".join(summaries)
+    )
+    return table + "\n\n" + "\n\n".join(details)
+
+
+def _report(args: argparse.Namespace) -> tuple[str, list[tuple[str, float]]]:
+    """The markdown report of one configuration and its (batch label, mean ratio) pairs."""
     device = torch.device(args.device)
     batches = args.batches or ("16x5,32x20" if args.policy == "cnn" else "8x5,2048x1")
     rows, phase_rows, memory_rows = [], [], []
+    ratios: list[tuple[str, float]] = []
     for spec in str(batches).split(","):
         n_envs, n_steps = (int(part) for part in spec.lower().split("x"))
         algorithms = {name: _make_algorithm(name, n_envs, n_steps, args) for name in ("ACKTR", "A2C")}
@@ -216,6 +257,7 @@ def run(args: argparse.Namespace) -> str:
         ours_mean, a2c_mean = statistics.fmean(times["ACKTR"]), statistics.fmean(times["A2C"])
         ours_median, a2c_median = statistics.median(times["ACKTR"]), statistics.median(times["A2C"])
         label = f"{n_envs}×{n_steps} = {n_envs * n_steps}"
+        ratios.append((label, ours_mean / a2c_mean))
         rows.append(
             f"| {label} | {_ms(ours_mean)} | {_ms(a2c_mean)} | **{ours_mean / a2c_mean:.2f}×** "
             f"| {_ms(ours_median)} | {_ms(a2c_median)} | {ours_median / a2c_median:.2f}× |"
@@ -252,4 +294,4 @@ def run(args: argparse.Namespace) -> str:
             "in a forked process per algorithm):\n\n| batch | ACKTR | A2C | ratio |\n|---:|---:|---:|---:|\n"
             + "\n".join(memory_rows)
         )
-    return report
+    return report, ratios
