@@ -132,4 +132,4 @@ def test_tasks_trained_to_the_budget_report_the_first_crossing_and_the_final_ret
         for seed, value in enumerate(values)
     ]
     report = format_report(results, ["MinAtar/Breakout-v1"], ["acktr", "ppo"], [0, 1], wall=1.0)
-    assert "| MinAtar/Breakout-v1 | 1000 | ACKTR | 10.00 ± 1.00 | 9.00, 11.00 |" in report
+    assert "| MinAtar/Breakout-v1 | 1,000 | ACKTR | 10.00 ± 1.00 | 9.00, 11.00 |" in report

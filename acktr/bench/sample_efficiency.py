@@ -294,7 +294,7 @@ def format_report(
                     continue
                 per_seed = ", ".join("—" if r.final_mean is None else f"{r.final_mean:.2f}" for r in runs)
                 lines.append(
-                    f"| {env_id} | {runs[0].spec.budget:g} | {algo.upper()} | "
+                    f"| {env_id} | {runs[0].spec.budget:,} | {algo.upper()} | "
                     f"{np.mean(finals):.2f} ± {np.std(finals):.2f} | {per_seed} |"
                 )
     return "\n".join(lines)
