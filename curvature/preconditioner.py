@@ -213,8 +213,8 @@ class KFAC:
             raise ValueError(f"KFAC: curvature must be one of {', '.join(APPROXIMATIONS)}, got {curvature!r}")
         self._curvature = curvature
         self.rank = _check_positive_int("rank", rank)
-        self.statistics_fraction = _check_fraction("statistics_fraction", statistics_fraction)
-        self.row_fraction = _check_fraction("row_fraction", row_fraction)
+        self.statistics_fraction = statistics_fraction
+        self._row_fraction = _check_fraction("row_fraction", row_fraction)
         self.stagger_refresh = bool(stagger_refresh)
         if step_rule not in STEP_RULES:
             raise ValueError(f"KFAC: step_rule must be one of {', '.join(STEP_RULES)}, got {step_rule!r}")
@@ -298,6 +298,24 @@ class KFAC:
     @cold_iter.setter
     def cold_iter(self, value: int) -> None:
         self._cold_iter = _check_positive_int("cold_iter", value, allow_zero=True)
+
+    @property
+    def statistics_fraction(self) -> float:
+        return self._statistics_fraction
+
+    @statistics_fraction.setter
+    def statistics_fraction(self, value: float) -> None:
+        self._statistics_fraction = _check_fraction("statistics_fraction", value)
+
+    @property
+    def row_fraction(self) -> float:
+        return self._row_fraction
+
+    @row_fraction.setter
+    def row_fraction(self, value: float) -> None:
+        self._row_fraction = _check_fraction("row_fraction", value)
+        for block in self.blocks:
+            block.layer.row_fraction = self._row_fraction
 
     @property
     def curvature(self) -> str:

@@ -167,11 +167,12 @@ def test_whitened_step_rule_takes_the_documented_step() -> None:
     assert model.policy.optimizer.last_info.predicted_kl.item() == pytest.approx(
         min(expected, 1e-3 / 4), rel=1e-4
     )
-    # the paper's rule at the same η: the step is η F̂⁻¹g, a KL of η² gᵀF̂⁻¹g (far below the trust region here)
+    # the paper's rule at the same η: the step is η F̂⁻¹g, a KL of min(η² gᵀF̂⁻¹g, kl_clip)
     model.step_rule = "natural"
     model.learn(8, reset_num_timesteps=False)
     info = model.policy.optimizer.last_info
-    assert info.predicted_kl.item() == pytest.approx(7e-4**2 * info.natural_grad_dot.item(), rel=1e-4)
+    natural = min(7e-4**2 * info.natural_grad_dot.item(), 1e-3)
+    assert info.predicted_kl.item() == pytest.approx(natural, rel=1e-4)
 
 
 # ----------------------------------------------------------------------------- drop-in fidelity (A2C's args)
@@ -251,13 +252,17 @@ def test_logger_keys_and_measured_kl() -> None:
     assert model.logger.name_to_value["train/kl_clip"] == 1e-3
     assert 0 < model.logger.name_to_value["train/step_scale"] <= 1
 
-    # train/kl is KL(π_old ‖ π_new) on the batch, measured after the step: recompute independently
+    # train/kl is KL(π_old ‖ π_new) on the statistics rows (the whole batch with statistics_fraction 1),
+    # measured after the step: recompute independently
+    model.kfac.statistics_fraction = 1.0
     old_policy = copy.deepcopy(model.policy)
     model.train()
     obs = model.rollout_buffer.to_torch(model.rollout_buffer.observations.reshape(-1, 4))
     with th.no_grad():
         expected = kl_divergence(old_policy.get_distribution(obs), model.policy.get_distribution(obs)).mean()
-    assert model.logger.name_to_value["train/kl"] == pytest.approx(expected.item(), rel=1e-3)
+    assert model.logger.name_to_value["train/kl"] == pytest.approx(
+        expected.item(), rel=1e-2
+    )  # float32, tiny KL
     assert expected.item() > 0
 
 

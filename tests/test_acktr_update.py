@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from acktr import ACKTR
+from acktr.agents.acktr import EXACT_KFAC_OPTIONS
 from acktr.agents.optim import KFACOptimizer
 from acktr.curvature import KFAC
 
-# The formulas in these tests are the paper's update: η multiplies F̂⁻¹g (step_rule "natural").
-PaperACKTR = functools.partial(ACKTR, step_rule="natural")
+
+def paper_acktr(*args: Any, **kwargs: Any) -> ACKTR:
+    """The formulas in these tests are the paper's update: η multiplies F̂⁻¹g (step_rule "natural"), with
+    exact K-FAC statistics on every row (no low-rank factors or subsampling)."""
+    kwargs.setdefault("step_rule", "natural")
+    kwargs["kfac_kwargs"] = {**EXACT_KFAC_OPTIONS, **kwargs.get("kfac_kwargs", {})}
+    return ACKTR(*args, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -194,7 +199,7 @@ N_ENVS, N_STEPS = 64, 64  # 4096 states: Monte-Carlo error of a factor entry ≈
 
 def identity_model(vf_fisher_coef: float, **kwargs: Any) -> tuple[ACKTR, th.Tensor]:
     """An ACKTR on IdentityEnv(4) whose rollout buffer holds 4096 states, every action 0, returns ≈ 10."""
-    model = PaperACKTR(
+    model = paper_acktr(
         "MlpPolicy",
         DummyVecEnv([lambda: IdentityEnv(4)]),
         cold_iter=0,  # the first update is a K-FAC step and its factors are that batch's statistics
@@ -296,13 +301,13 @@ def make_policy_model(kind: str, seed: int = 0) -> ACKTR:
             return lambda: seeded(FakeImageEnv(screen_height=36, screen_width=36, n_channels=1), seed + index)
 
         env = VecTransposeImage(DummyVecEnv([image_env(0), image_env(1)]))
-        return PaperACKTR(
+        return paper_acktr(
             "CnnPolicy", env, policy_kwargs=dict(features_extractor_kwargs=dict(features_dim=16)), **kwargs
         )
     if kind == "dict":
         np.random.seed(seed)  # the env draws its maze images from numpy's global generator
         env = DummyVecEnv([lambda: SimpleMultiObsEnv(random_start=True)] * 2)
-        return PaperACKTR(
+        return paper_acktr(
             "MultiInputPolicy",
             env,
             policy_kwargs=dict(**small, features_extractor_kwargs=dict(cnn_output_dim=16)),
@@ -314,7 +319,7 @@ def make_policy_model(kind: str, seed: int = 0) -> ACKTR:
 
     env = DummyVecEnv([box_env(0), box_env(1)])
     squash = dict(squash_output=True) if kind == "squashed_sde" else {}
-    return PaperACKTR("MlpPolicy", env, use_sde=True, policy_kwargs=dict(**small, **squash), **kwargs)
+    return paper_acktr("MlpPolicy", env, use_sde=True, policy_kwargs=dict(**small, **squash), **kwargs)
 
 
 POLICY_KINDS = ["cnn", "dict", "sde", "squashed_sde"]
@@ -408,7 +413,7 @@ def test_callable_learning_rate_is_the_step_size_of_each_update(kl_clip: float |
     """Momentum 0: Δθ = −η·(preconditioned grad) with η = schedule(progress) of *that* update, the same η
     is logged and is the η of the trust region ν = min(1, sqrt(δ / (η² gᵀF̂⁻¹g)))."""
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
-    model = PaperACKTR(
+    model = paper_acktr(
         "MlpPolicy",
         env,
         learning_rate=schedule,
@@ -446,7 +451,7 @@ def test_momentum_is_reset_when_the_kfac_phase_starts() -> None:
     accumulates again."""
     env = make_vec_env("CartPole-v1", n_envs=2, seed=2)
     lr, m = 0.1, 0.9
-    model = PaperACKTR(
+    model = paper_acktr(
         "MlpPolicy", env, learning_rate=lr, n_steps=8, momentum=m, cold_iter=2, seed=2, device="cpu"
     )
     recorder = TrainRecorder(model)
@@ -533,7 +538,7 @@ def test_acktr_rejects_a_summed_fisher_reduction() -> None:
     from acktr.agents import KFACActorCriticPolicy
 
     with pytest.raises(ValueError, match="loss_reduction"):
-        PaperACKTR("MlpPolicy", "CartPole-v1", device="cpu", kfac_kwargs=dict(loss_reduction="sum"))
+        paper_acktr("MlpPolicy", "CartPole-v1", device="cpu", kfac_kwargs=dict(loss_reduction="sum"))
     with pytest.raises(ValueError, match="loss_reduction"):
         A2C(
             KFACActorCriticPolicy,
@@ -541,7 +546,7 @@ def test_acktr_rejects_a_summed_fisher_reduction() -> None:
             device="cpu",
             policy_kwargs=dict(kfac_kwargs=dict(loss_reduction="sum")),
         )
-    model = PaperACKTR("MlpPolicy", "CartPole-v1", device="cpu", kfac_kwargs=dict(loss_reduction="mean"))
+    model = paper_acktr("MlpPolicy", "CartPole-v1", device="cpu", kfac_kwargs=dict(loss_reduction="mean"))
     assert model.kfac.loss_reduction == "mean"
 
 
@@ -574,7 +579,7 @@ def test_non_finite_first_statistics_give_a_damped_gradient_step_in_the_trust_re
     fisher_losses = poison_first_fisher_loss(monkeypatch)
     env = make_vec_env("CartPole-v1", n_envs=2, seed=4)
     lr, m, damping, kl_clip = 0.25, 0.9, 0.01, 1e-3
-    model = PaperACKTR(
+    model = paper_acktr(
         "MlpPolicy",
         env,
         learning_rate=lr,
@@ -619,7 +624,7 @@ def test_first_finite_statistics_after_a_non_finite_batch_initialise_the_factors
 ) -> None:
     poison_first_fisher_loss(monkeypatch)
     env = make_vec_env("CartPole-v1", n_envs=2, seed=5)
-    model = PaperACKTR("MlpPolicy", env, n_steps=8, cold_iter=0, factor_decay=0.99, seed=5, device="cpu")
+    model = paper_acktr("MlpPolicy", env, n_steps=8, cold_iter=0, factor_decay=0.99, seed=5, device="cpu")
     model.learn(16 * 2)
     first_layer = block(model, "mlp_extractor.policy_net.0")
     # its input is the observation: A of the second (first finite) batch, computed directly

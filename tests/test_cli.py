@@ -168,23 +168,24 @@ def test_record_writes_mp4(trained: tuple[Path, str], tmp_path: Path) -> None:
 def test_resume_after_interruption_reaches_total_with_consistent_logs(
     tmp_path: Path, normalize: bool
 ) -> None:
-    """Crash at step 2500 (8 envs x 5 steps = 40 per update), then --resume: the logs hold every step once."""
+    """Crash at step 1150 (8 envs x 5 steps = 40 per update; last checkpoint at ~600, early in learning, so
+    episodes end in between), then --resume: the logs hold every step once."""
     from stable_baselines3.common.vec_env import VecNormalize
 
     from acktr.agents import ACKTR
 
     run_dir = tmp_path / "run"
-    options = "--timesteps 4000 --n-envs 8 --checkpoint-freq 1000 --eval-episodes 0"
+    options = "--timesteps 4000 --n-envs 8 --checkpoint-freq 600 --eval-episodes 0"
     base = ["train", "--env", "CartPole", *options.split(), "--run-dir", str(run_dir), *FAST]
     if normalize:
         base += ["-p", "normalize=true"]
-    code, out, _ = run_cli([*base, "--interrupt-at", "2500"])
+    code, out, _ = run_cli([*base, "--interrupt-at", "1150"])
     assert code == 130 and "acktr train --resume" in out
     assert not (run_dir / "model.zip").exists()
     checkpoint = latest_checkpoint(RunPaths(run_dir))
     assert checkpoint is not None
     step = checkpoint["step"]
-    assert 2000 <= step <= 2500 and step % 40 == 0
+    assert 600 <= step < 1150 and step % 40 == 0
     assert bool(checkpoint.get("vecnormalize")) == normalize
     at_checkpoint = ACKTR.load(checkpoint["model"])
     assert at_checkpoint.num_timesteps == step and at_checkpoint.policy.optimizer.steps_taken == step // 40
@@ -447,7 +448,8 @@ def test_a_finished_run_is_extended_by_a_larger_timesteps(tmp_path: Path) -> Non
         r["step"] for r in rows
     )
     steps = [s for s, _ in read_scalars(run_dir / "tb")["train/kl"]]
-    assert steps == sorted(set(steps)) and steps[-1] <= 1600
+    # two event files (one per process); within one second their names need not sort in time order
+    assert len(steps) == len(set(steps)) and max(steps) <= 1600 and min(steps) < 800 < max(steps)
 
 
 def test_no_tensorboard_writes_no_tb_folder_and_monitor_is_readable_while_training(tmp_path: Path) -> None:
