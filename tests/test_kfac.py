@@ -421,13 +421,15 @@ def test_no_top_level_agents_envs_or_curvature_module(tmp_path) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_matches_cpu() -> None:
-    """Factors, decompositions and the preconditioned gradient live on the model's device."""
+@pytest.mark.parametrize("curvature", ["eigen", "cholesky", "lowrank", "eva"])
+def test_cuda_matches_cpu(curvature: str) -> None:
+    """Factors, decompositions and the preconditioned gradient live on the model's device, for every
+    approximation (``"lowrank"`` decomposes these narrow factors exactly)."""
     results = []
     for device in ("cpu", "cuda"):
         model, x, labels = make_problem(12)
         model = model.to(device)
-        kfac = KFAC(model, kl_clip=1e-3, warn_unsupported=False)
+        kfac = KFAC(model, kl_clip=1e-3, warn_unsupported=False, curvature=curvature, rank=2)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         noise = torch.randn(32, 3, generator=torch.Generator().manual_seed(0)).to(device)
         optimizer.zero_grad()
@@ -439,7 +441,8 @@ def test_cuda_matches_cpu() -> None:
         F.cross_entropy(logits, labels.to(device)).backward()
         info = kfac.precondition()
         assert info.step_scale.device.type == device
-        assert kfac.blocks[0].activation_factor.device.type == device
+        statistic = kfac.blocks[0].approximation.running()[0]
+        assert statistic is not None and statistic.device.type == device
         results.append([p.grad.cpu() for p in model.parameters()])
     for cpu_grad, cuda_grad in zip(*results, strict=True):
         torch.testing.assert_close(cuda_grad, cpu_grad, rtol=1e-3, atol=1e-5)
