@@ -51,3 +51,10 @@ def test_update_benchmark_compares_presets_in_one_run(tmp_path: Path) -> None:
     assert "### exact" in text and "### eva-subsampled" in text  # each preset's own phase table
     with pytest.raises(SystemExit, match="unknown preset"):
         bench.main(["update", "--presets", "fastest", "--rounds", "1"])
+
+
+def test_the_acktr_default_preset_is_acktrs_default() -> None:
+    from acktr.agents.acktr import DEFAULT_KFAC_OPTIONS
+    from acktr.bench.update import PRESETS
+
+    assert PRESETS["acktr-default"] == DEFAULT_KFAC_OPTIONS
