@@ -788,3 +788,19 @@ def test_models_saved_with_stats_decay_load_as_factor_decay(tmp_path: Path) -> N
     loaded = ACKTR.load(tmp_path / "old.zip", device="cpu")
     assert loaded.factor_decay == loaded.kfac.factor_decay == 0.95
     assert "stats_decay" not in loaded.__dict__
+
+
+def test_statistics_fraction_auto_subsamples_convolutional_policies_only() -> None:
+    mlp = ACKTR("MlpPolicy", "CartPole-v1", device="cpu")
+    assert mlp.kfac.statistics_fraction == 1.0 and mlp.kfac.curvature == "lowrank"
+    env = DummyVecEnv([lambda: FakeImageEnv(screen_height=36, screen_width=36, n_channels=1)])
+    cnn = ACKTR(
+        "CnnPolicy", env, device="cpu", policy_kwargs=dict(features_extractor_kwargs=dict(features_dim=16))
+    )
+    assert cnn.kfac.statistics_fraction == 0.125 and cnn.kfac.row_fraction == 0.25
+    exact = ACKTR("MlpPolicy", "CartPole-v1", device="cpu", kfac_kwargs=dict(curvature="eigen"))
+    assert exact.kfac.curvature == "eigen" and exact.kfac.statistics_fraction == 1.0
+    mlp.kfac_kwargs = {"statistics_fraction": 0.5}  # live, and "auto" resolves the same way
+    assert mlp.kfac.statistics_fraction == 0.5
+    mlp.kfac_kwargs = {"statistics_fraction": "auto"}
+    assert mlp.kfac.statistics_fraction == 1.0

@@ -36,7 +36,7 @@ POLICIES: dict[str, tuple[tuple[int, ...], np.dtype, int, str]] = {
 }
 PHASES = ("forward", "fisher_backward", "backward", "step", "kl")
 # ACKTR's own K-FAC configuration (agents/acktr.py DEFAULT_KFAC_OPTIONS), the benchmark's default
-ACKTR_DEFAULT: dict[str, Any] = {"curvature": "lowrank", "statistics_fraction": 0.25, "row_fraction": 0.25}
+ACKTR_DEFAULT: dict[str, Any] = {"curvature": "lowrank", "statistics_fraction": "auto", "row_fraction": 0.25}
 # Named K-FAC configurations for --presets (the Pareto table of zoo/benchmarks/update.md); "acktr-default" is
 # ACKTR's DEFAULT_KFAC_OPTIONS, "lowrank-subsampled" the zoo's Atari/MinAtar setting.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -47,6 +47,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "eva": {"curvature": "eva", "statistics_fraction": 1.0, "row_fraction": 1.0},
     "eva-subsampled": {"curvature": "eva", "statistics_fraction": 0.125, "row_fraction": 0.25},
 }
+
+
+def _fraction_or_auto(text: str) -> float | str:
+    return text if text == "auto" else float(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, default=64, help="eigenpairs kept by --curvature lowrank")
     parser.add_argument(
         "--statistics-fraction",
-        type=float,
+        type=_fraction_or_auto,
         default=ACKTR_DEFAULT["statistics_fraction"],
         help="fraction of the batch the statistics use (default: ACKTR's)",
     )
