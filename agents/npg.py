@@ -40,6 +40,11 @@ CRITIC_OPTIMIZERS = ("kfac", "adam")
 CRITIC_STEP_RULES = ("whitened", "natural")
 # TRPO keywords that only configure its conjugate-gradient solve: accepted (TRPO code runs), unused.
 CG_ONLY_KEYWORDS = ("cg_max_steps", "cg_damping")
+# The K-FAC critic's statistics and refresh periods, in minibatch steps (factors averaged with decay 0.95): the
+# critic takes n_critic_updates x (batch / batch_size) steps per rollout, and refreshing its curvature on each
+# made the update dearer than TRPO's whole update (measured on CartPole's zoo settings).
+CRITIC_UPDATE_FACTORS_EVERY = 5
+CRITIC_UPDATE_INVERSES_EVERY = 10
 _warned_cg_keywords: set[str] = set()
 
 
@@ -405,7 +410,8 @@ class NPG(OnPolicyAlgorithm):
                 damping=self.critic_damping,
                 factor_decay=0.95,
                 cold_iter=0,
-                update_inverses_every=1,
+                update_factors_every=CRITIC_UPDATE_FACTORS_EVERY,
+                update_inverses_every=CRITIC_UPDATE_INVERSES_EVERY,
                 curvature="eigen",
                 step_rule=self.critic_step_rule,
                 warn_unsupported=False,
@@ -516,7 +522,7 @@ class NPG(OnPolicyAlgorithm):
         for _ in range(self.n_critic_updates):
             for rollout_data in self.rollout_buffer.get(self.batch_size):
                 self.policy.zero_grad(set_to_none=True)
-                if critic_kfac is not None:
+                if critic_kfac is not None and critic_kfac.collects_next():
                     with critic_kfac.collect_statistics():
                         values = self.policy.predict_values(rollout_data.observations).flatten()
                         # the critic as a unit-variance Gaussian: targets sampled around its own prediction
@@ -524,6 +530,9 @@ class NPG(OnPolicyAlgorithm):
                         (values - sampled_targets).pow(2).mean().backward(retain_graph=True)
                     self.policy.zero_grad(set_to_none=True)
                 else:
+                    if critic_kfac is not None:
+                        with critic_kfac.collect_statistics():  # inactive: advances the statistics schedule
+                            pass
                     values = self.policy.predict_values(rollout_data.observations).flatten()
                 value_loss = F.mse_loss(rollout_data.returns, values)
                 value_loss.backward()

@@ -381,13 +381,13 @@ def _final_mean(model: NPG) -> float:
 
 
 def test_npg_learns_cartpole_quickly() -> None:
-    """The default suite's short learning check: the zoo entry lifts CartPole from ~22 to > 150 in 30k
+    """The default suite's short learning check: the zoo entry lifts CartPole from ~22 to > 100 in 15k
     steps."""
     from acktr.bench.sample_efficiency import build_model
 
     model = build_model("npg", "CartPole-v1", seed=0)
-    model.learn(30_000)
-    assert _final_mean(model) > 150.0
+    model.learn(15_000)
+    assert _final_mean(model) > 100.0  # measured: 130 at 15k steps (seed 0)
 
 
 @pytest.mark.slow
