@@ -226,6 +226,53 @@ def test_actor_curvature_covers_the_actor_and_log_std_only() -> None:
     assert not model.critic_kfac.uncovered_parameters()
 
 
+def test_log_std_diagonal_fisher_is_the_analytic_one() -> None:
+    """For a state-independent diagonal Gaussian the Fisher of each ``log σ_i`` is exactly 2; the actor
+    K-FAC's diagonal estimate (one sampled-Fisher backward per update, as NPG runs it) averages to it."""
+    model = NPG("MlpPolicy", "Pendulum-v1", n_steps=256, seed=0, device="cpu")
+    _collect(model)
+    observations = next(model.rollout_buffer.get(batch_size=None)).observations
+    from acktr.agents.fisher import sampled_log_prob
+
+    samples = []
+    for _ in range(400):
+        with model.kfac.collect_statistics():
+            (-sampled_log_prob(model.policy.get_distribution(observations)).mean()).backward()
+        model.policy.zero_grad(set_to_none=True)
+        (fisher,) = [f for f in model.kfac._uncovered_fishers if f.has_statistics]
+        samples.append(fisher.diagonal.clone())  # factor_decay 0: this update's sample alone
+    estimate = th.stack(samples).mean(0)
+    assert estimate.shape == model.policy.log_std.shape
+    # each sample is a scaled chi-square(1): std 2·sqrt(2)/sqrt(400) ≈ 0.14 around 2
+    assert th.allclose(estimate, th.full_like(estimate, 2.0), atol=0.45), estimate
+
+
+@pytest.mark.parametrize("algo", ["npg", "trpo"])
+def test_zoo_entries_are_keywords_of_their_agent_and_sourced(algo: str) -> None:
+    from acktr.algorithms import algorithm_class
+    from acktr.hyperparams import ZOO_KEYS, agent_parameters
+    from acktr.zoo import entry_sources, load_zoo
+
+    allowed = set(agent_parameters(algorithm_class(algo))) | set(ZOO_KEYS)
+    sources = entry_sources(algo)
+    zoo = load_zoo(algo)
+    for env_id in (
+        "CartPole-v1",
+        "Pendulum-v1",
+        "Acrobot-v1",
+        "LunarLander-v3",
+        "HalfCheetah-v5",
+        "Hopper-v5",
+    ):
+        assert env_id in zoo, f"{algo}.yml has no {env_id} entry"
+    for key, values in zoo.items():
+        assert not set(values) - allowed, f"{algo} {key}: {set(values) - allowed} are not keywords"
+        source = sources.get(key, "").lower()
+        assert "tuned" in source or "untested" in source, f"{algo} {key} needs a '# source: ...' line"
+    if algo == "npg":  # TRPO's conjugate-gradient keywords are left out of NPG's own entries
+        assert not any(set(values) & set(npg_module.CG_ONLY_KEYWORDS) for values in zoo.values())
+
+
 # ------------------------------------------------------------------------------------ drop-in for TRPO
 
 
