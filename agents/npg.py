@@ -578,6 +578,9 @@ class NPG(OnPolicyAlgorithm):
         self.logger.record("train/is_line_search_success", policy_logs["line_search_success"])
         self.logger.record("train/explained_variance", explained_var)
         self.logger.record("train/eigh_failures", policy_logs["eigh_failures"])
+        critic_info = self.npg_optimizer.last_critic_info
+        if critic_info is not None:  # the K-FAC critic's trust-region scale ν of its last minibatch step
+            self.logger.record("train/critic_step_scale", float(critic_info.step_scale))
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
