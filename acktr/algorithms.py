@@ -46,12 +46,21 @@ class AlgorithmSpec:
         return getattr(module, self.class_name)
 
 
-# The registry. NPG and NoisyACKTR get one entry each when they land.
+# The registry. NPG gets one entry when it lands.
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     spec.name: spec
     for spec in (
         AlgorithmSpec(
             "acktr", "acktr.agents", "ACKTR", "acktr", "acktr", True, "K-FAC natural gradient A2C (ACKTR)"
+        ),
+        AlgorithmSpec(
+            "noisy-acktr",
+            "acktr.agents",
+            "NoisyACKTR",
+            "noisy_acktr",
+            "noisy_acktr",
+            True,
+            "ACKTR acting with weights sampled from its K-FAC posterior (noisy K-FAC exploration)",
         ),
         AlgorithmSpec("a2c", "stable_baselines3", "A2C", "a2c", "a2c", False, "SB3 A2C, for comparison"),
         AlgorithmSpec("ppo", "stable_baselines3", "PPO", "ppo", "ppo", False, "SB3 PPO, for comparison"),

@@ -1,7 +1,8 @@
-"""ACKTR and K-FAC policies for Stable-Baselines3 (``from acktr import ACKTR, KFACActorCriticPolicy``)."""
+"""ACKTR, NoisyACKTR and K-FAC policies for Stable-Baselines3 (``from acktr import ACKTR, NoisyACKTR``)."""
 
 from acktr.agents.acktr import ACKTR
 from acktr.agents.extractors import MinAtarCNN
+from acktr.agents.noisy_acktr import NoisyACKTR
 from acktr.agents.optim import KFACOptimizer
 from acktr.agents.policies import (
     KFACActorCriticCnnPolicy,
@@ -16,4 +17,5 @@ __all__ = [
     "KFACMultiInputActorCriticPolicy",
     "KFACOptimizer",
     "MinAtarCNN",
+    "NoisyACKTR",
 ]
