@@ -132,9 +132,8 @@ def train_and_watch(
                     if episode is not None and episode["r"] > task.goal_return:
                         self.goal_at = self.num_timesteps
                         break
-            episodes = self.model.ep_info_buffer
-            full = episodes is not None and len(episodes) >= window
-            if full and np.mean([info["r"] for info in list(episodes)[-window:]]) >= task.threshold:
+            episodes = list(self.model.ep_info_buffer or [])[-window:]
+            if len(episodes) >= window and np.mean([info["r"] for info in episodes]) >= task.threshold:
                 self.solved_at = self.num_timesteps
                 return False
             return self.num_timesteps < budget
