@@ -208,6 +208,29 @@ def test_update_gradient_is_taken_at_the_sampled_weights():
         th.testing.assert_close(param.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_prior_term_decays_the_perturbed_mean_weights_only():
+    """prior_precision p adds p·M to the gradient of the actor layers: one cold step differs from the step
+    without the prior by -η p M there, and not at all on the critic."""
+    models, callbacks = [], []
+    for prior in (0.0, 0.5):
+        th.manual_seed(2)
+        env = make_vec_env("CartPole-v1", n_envs=2, seed=2)
+        model = NoisyACKTR(
+            "MlpPolicy", env, n_steps=4, seed=2, cold_iter=5, max_grad_norm=1e9, prior_precision=prior
+        )
+        callback = RolloutSnapshots()
+        model.learn(2 * 4, callback=callback)
+        models.append(model)
+        callbacks.append(callback)
+    before = callbacks[0].snapshots[0]["mean"]
+    lr = models[0].lr_schedule(1.0)
+    actor = {f"{layer}.{kind}" for layer in models[0]._noisy_layers for kind in ("weight", "bias")}
+    plain, with_prior = (dict(m.policy.named_parameters()) for m in models)
+    for name, param in with_prior.items():
+        shift = -lr * 0.5 * before[name] if name in actor else th.zeros_like(param)
+        th.testing.assert_close(param.detach() - plain[name].detach(), shift, rtol=1e-4, atol=1e-7)
+
+
 # ------------------------------------------------------------------------------------------ state, validation
 def test_save_load_keeps_noise_and_curvature_state(trained, tmp_path):
     model, _ = trained

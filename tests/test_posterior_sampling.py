@@ -206,3 +206,23 @@ def test_gradient_inside_perturbed_weights_is_the_gradient_at_the_perturbed_weig
             expected[name] += param.grad
     for name in grads:
         torch.testing.assert_close(grads[name], expected[name])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)], ids=["cpu", "cuda"])
+@pytest.mark.parametrize("kind", ["eigen", "lowrank", "cholesky", "eva"])
+def test_posterior_sample_on_a_device_matches_float64_cpu(kind: str, device: str):
+    """The same white noise gives the same sample on the device (float32) as on the CPU in float64."""
+    shape = (18, 19) if kind == "lowrank" else (5, 3)
+    reference, _, _ = kfac_with_factors(kind, *shape, rank=2)
+    reference.sample_weight_perturbations(1)  # decomposes; the device copy loads the same decomposition
+    block = reference.blocks[0]
+    assert block.has_curvature
+    layer = nn.Linear(*block.module.weight.shape[::-1]).to(device=device, dtype=torch.float32)
+    on_device = KFAC(layer, curvature=kind, damping=DAMPING, rank=2)
+    state = reference.state_dict()
+    on_device.load_state_dict(state)
+    noise = torch.randn(4, *block.module.weight.shape[:1], block.factor_dims()[0])
+    expected = block.approximation.posterior_sample(noise, DAMPING)
+    actual = on_device.blocks[0].approximation.posterior_sample(noise.to(device), DAMPING)
+    assert actual.device.type == device
+    torch.testing.assert_close(actual.cpu().double(), expected, rtol=2e-3, atol=2e-4)
