@@ -32,7 +32,8 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.type_aliases import RolloutBufferSamples
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import GymEnv, RolloutBufferSamples
 from stable_baselines3.common.vec_env import VecEnv
 
 from acktr.agents.acktr import ACKTR, critic_only_parameter_names
@@ -108,8 +109,8 @@ class NoisyACKTR(ACKTR):
 
     def __init__(
         self,
-        policy: Any,
-        env: Any,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
         *,
         noise_target_kl: float = 0.01,
         noise_scale: float = 0.01,

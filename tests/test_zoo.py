@@ -167,6 +167,16 @@ def test_algorithm_registry() -> None:
             get_algorithm(name)
 
 
+def test_an_agent_forwarding_kwargs_takes_its_base_agents_keywords() -> None:
+    """NoisyACKTR(**kwargs) forwards to ACKTR: -p accepts and type-checks both agents' keywords."""
+    result = apply_overrides("noisy-acktr", {}, ["kl_clip=0.05", "noise_target_kl=0.1", "n_steps=10"])
+    assert result == {"kl_clip": 0.05, "noise_target_kl": 0.1, "n_steps": 10}
+    with pytest.raises(UserError, match="kl_clip"):
+        apply_overrides("noisy-acktr", {}, ["kl_clip=big"])
+    with pytest.raises(UserError, match="unknown hyperparameter"):
+        apply_overrides("noisy-acktr", {}, ["noise_targt_kl=0.1"])
+
+
 def test_rl_zoo_notation_is_parsed_without_evaluating_code() -> None:
     parsed = parse_notation(
         "dict(log_std_init=-2, ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64, 64], vf=[64]))",
