@@ -117,6 +117,13 @@ class NoisyACKTR(ACKTR):
         prior_precision: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        for name, value in (("noise_target_kl", noise_target_kl), ("noise_scale", noise_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"NoisyACKTR: {name} must be a number > 0, got {value!r}")
+        if isinstance(prior_precision, bool) or not isinstance(prior_precision, (int, float)):
+            raise TypeError(f"NoisyACKTR: prior_precision must be a number, got {prior_precision!r}")
+        if not prior_precision >= 0:
+            raise ValueError(f"NoisyACKTR: prior_precision must be >= 0, got {prior_precision!r}")
         if kwargs.get("use_sde"):
             raise ValueError(
                 "NoisyACKTR explores with weight noise; use_sde=True adds gSDE action noise (use ACKTR)"
@@ -129,13 +136,6 @@ class NoisyACKTR(ACKTR):
         kwargs["rollout_buffer_class"] = EnvMajorRolloutBuffer
         setup = kwargs.pop("_init_setup_model", True)
         super().__init__(policy, env, _init_setup_model=False, **kwargs)
-        for name, value in (("noise_target_kl", noise_target_kl), ("noise_scale", noise_scale)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"NoisyACKTR: {name} must be a number > 0, got {value!r}")
-        if isinstance(prior_precision, bool) or not isinstance(prior_precision, (int, float)):
-            raise TypeError(f"NoisyACKTR: prior_precision must be a number, got {prior_precision!r}")
-        if not prior_precision >= 0:
-            raise ValueError(f"NoisyACKTR: prior_precision must be >= 0, got {prior_precision!r}")
         self.noise_target_kl = float(noise_target_kl)
         self.noise_scale = float(noise_scale)
         self.prior_precision = float(prior_precision)
