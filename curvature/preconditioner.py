@@ -531,8 +531,19 @@ class KFAC:
         return [p for block in self.blocks for p in block.parameters()]
 
     def uncovered_parameters(self) -> list[nn.Parameter]:
-        """Model parameters left to the base optimizer (scaled by the trust region only)."""
+        """Model parameters no block covers (identity or diagonal curvature, see ``uncovered_curvature``)."""
         return list(self._uncovered_parameters)
+
+    def diagonal_fisher(self, parameter: nn.Parameter) -> DiagonalFisher:
+        """The running diagonal Fisher kept for an uncovered ``parameter`` (used when
+        ``uncovered_curvature="diagonal"``; its ``diagonal`` is None until statistics arrive).
+
+        :raises KeyError: for a covered or foreign parameter.
+        """
+        for candidate, fisher in zip(self._uncovered_parameters, self._uncovered_fishers, strict=True):
+            if candidate is parameter:
+                return fisher
+        raise KeyError("KFAC.diagonal_fisher: the parameter is not one of this model's uncovered parameters")
 
     # ----------------------------------------------------------------- statistics
     def collects_next(self) -> bool:

@@ -123,7 +123,7 @@ def test_log_std_is_preconditioned_by_its_running_diagonal_fisher() -> None:
     assert kfac.uncovered_curvature == "diagonal"
     (log_std,) = kfac.uncovered_parameters()
     assert log_std is model.policy.log_std
-    (fisher,) = kfac._uncovered_fishers
+    fisher = kfac.diagonal_fisher(log_std)
     assert fisher.statistics_updates == 10
     assert fisher.diagonal is not None and fisher.diagonal.shape == log_std.shape
     # one sample of B·ḡ² per update (B = 32): positive, finite, of the order of the analytic 2

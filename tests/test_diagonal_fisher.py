@@ -51,7 +51,7 @@ def test_log_std_fisher_converges_to_the_analytic_two_per_dimension() -> None:
         with kfac.collect_statistics():
             policy.zero_grad()
             sampled_nll(policy, obs).backward()
-    fisher = kfac._uncovered_fishers[0]
+    fisher = kfac.diagonal_fisher(policy.log_std)
     assert fisher.diagonal is not None
     torch.testing.assert_close(fisher.diagonal, torch.full((2,), 2.0), rtol=0.15, atol=0.0)
 
@@ -65,7 +65,7 @@ def test_precondition_divides_the_uncovered_gradient_by_its_damped_diagonal() ->
     policy.log_std.grad = torch.full((2,), 100.0)
     with kfac.collect_statistics():
         sampled_nll(policy, obs).backward()
-    fisher = kfac._uncovered_fishers[0]
+    fisher = kfac.diagonal_fisher(policy.log_std)
     assert fisher.diagonal is not None and float(fisher.diagonal.max()) < 50.0
     diagonal = fisher.diagonal.clone()
 
@@ -105,8 +105,8 @@ def test_identity_keeps_the_plain_gradient_and_state_round_trips() -> None:
     copy.load_state_dict(diagonal.state_dict())
     restored = KFAC(copy, uncovered_curvature="diagonal")
     restored.load_state_dict(kfacs[1].state_dict())
-    original = kfacs[1]._uncovered_fishers[0]
-    loaded = restored._uncovered_fishers[0]
+    original = kfacs[1].diagonal_fisher(diagonal.log_std)
+    loaded = restored.diagonal_fisher(copy.log_std)
     assert original.diagonal is not None and loaded.diagonal is not None
     assert torch.equal(original.diagonal, loaded.diagonal)
     assert loaded.statistics_updates == original.statistics_updates == 1
@@ -114,9 +114,13 @@ def test_identity_keeps_the_plain_gradient_and_state_round_trips() -> None:
     old_state = kfacs[1].state_dict()
     del old_state["uncovered"]  # a state saved before diagonal statistics existed
     restored.load_state_dict(old_state)
-    assert not restored._uncovered_fishers[0].has_statistics
+    assert not restored.diagonal_fisher(copy.log_std).has_statistics
 
 
-def test_unknown_uncovered_curvature_is_refused() -> None:
+def test_unknown_uncovered_curvature_and_covered_parameters_are_refused() -> None:
     with pytest.raises(ValueError, match="uncovered_curvature must be one of identity, diagonal"):
         KFAC(GaussianPolicy(), uncovered_curvature="full")
+    policy = GaussianPolicy()
+    kfac = KFAC(policy, uncovered_curvature="diagonal")
+    with pytest.raises(KeyError, match="not one of this model's uncovered parameters"):
+        kfac.diagonal_fisher(policy.mean.weight)
