@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from acktr.algorithms import algorithm_class
 from acktr.errors import UserError
+from acktr.guards import VecCheckFinite
 from acktr.hyperparams import build_agent_kwargs
 from acktr.run_config import RunConfig, check_device
 
@@ -34,11 +35,15 @@ def make_run_env(
     seed: int | None = None,
     training: bool = True,
     render_mode: str | None = None,
+    start_step: int = 0,
 ) -> VecEnv:
     """The run's env, on the backend training used (``training=False``: full Atari games, raw rewards).
 
     With ``render_mode`` the backend is chosen for rendering (gymnasium), since the torch and envpool
-    backends do not draw frames; dynamics and preprocessing are the same.
+    backends do not draw frames; dynamics and preprocessing are the same. Every backend is wrapped in
+    :class:`~acktr.guards.VecCheckFinite`: a NaN/inf observation, reward or action raises a one-line
+    :class:`~acktr.errors.NonFiniteEnvError` naming the env and the step (``start_step``: steps already
+    taken by a resumed run).
     """
     from acktr.envs import make_env
 
@@ -47,7 +52,7 @@ def make_run_env(
         kwargs["frame_stack"] = config.frame_stack
     backend = config.backend_used if render_mode is None else "auto"
     try:
-        return make_env(
+        venv = make_env(
             config.env_id,
             n_envs=config.n_envs if n_envs is None else n_envs,
             seed=config.seed if seed is None else seed,
@@ -55,10 +60,12 @@ def make_run_env(
             device=config.device,
             training=training,
             render_mode=render_mode,
+            check_finite=False,  # VecCheckFinite below checks every backend, with the step count
             **kwargs,
         )
     except ValueError as error:
         raise UserError(str(error)) from None
+    return VecCheckFinite(venv, config.env_id, start_step=start_step)
 
 
 def normalize_env(venv: VecEnv, config: RunConfig, training: bool = True) -> VecEnv:

@@ -29,8 +29,9 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalC
 from stable_baselines3.common.logger import Logger, configure
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from acktr.agents.optim import NonFiniteUpdateError
 from acktr.callbacks import RunCallback, SaveBestCallback
-from acktr.errors import UserError
+from acktr.errors import NonFiniteEnvError, UserError
 from acktr.evaluate import evaluate_model
 from acktr.factory import (
     EVAL_SEED_OFFSET,
@@ -181,7 +182,7 @@ def _resume(options: TrainOptions) -> TrainResult:
         venv0, model0 = build_run(config)
         atomic_write_yaml(paths.config, config.to_dict())
         return _learn(model0, venv0, config, paths, options, start=0)
-    venv: VecEnv = make_run_env(config, seed=config.seed + step, training=True)
+    venv: VecEnv = make_run_env(config, seed=config.seed + step, training=True, start_step=step)
     if stats_file is not None:
         venv = VecNormalize.load(str(stats_file), venv)
         venv.training = True
@@ -266,6 +267,7 @@ def _learn(
     rollout = config.n_envs * int(getattr(model, "n_steps", 1))
     log_interval = max(1, total // rollout // 100)  # about 100 TensorBoard points per run
     started = time.perf_counter()
+    failure: Exception | None = None
     try:
         model.learn(
             total_timesteps=total - start,
@@ -276,6 +278,8 @@ def _learn(
         )
     except KeyboardInterrupt:
         run_callback.interrupted = True
+    except (NonFiniteEnvError, NonFiniteUpdateError) as error:
+        failure = error
     finally:
         progress.close()
         monitor.close()
@@ -285,6 +289,9 @@ def _learn(
     seconds = time.perf_counter() - started
     steps = int(model.num_timesteps)
     train_mean = run_callback.mean_return()
+    if failure is not None:
+        venv.close()
+        raise _stopped_error(failure, paths, steps) from None
     if run_callback.interrupted:
         venv.close()
         checkpoint = latest_checkpoint(paths)
@@ -313,6 +320,18 @@ def _learn(
         )
     say(f"saved {paths.model}; TensorBoard: tensorboard --logdir {paths.root.parent}")
     return result
+
+
+def _stopped_error(failure: Exception, paths: RunPaths, steps: int) -> UserError:
+    """The one-line error of a run stopped by non-finite numbers, naming its last good checkpoint."""
+    checkpoint = latest_checkpoint(paths)
+    kept = (
+        f"the last good checkpoint ({checkpoint['model']}, step {checkpoint['step']:,}) is intact"
+        if checkpoint
+        else "no checkpoint was written yet"
+    )
+    error_type = NonFiniteEnvError if isinstance(failure, NonFiniteEnvError) else UserError
+    return error_type(f"training stopped at step {steps:,}: {failure}; {kept}")
 
 
 def command_line(argv: list[str]) -> str:

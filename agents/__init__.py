@@ -2,7 +2,7 @@
 
 from acktr.agents.acktr import ACKTR
 from acktr.agents.extractors import MinAtarCNN
-from acktr.agents.optim import KFACOptimizer
+from acktr.agents.optim import KFACOptimizer, NonFiniteUpdateError
 from acktr.agents.policies import (
     KFACActorCriticCnnPolicy,
     KFACActorCriticPolicy,
@@ -16,4 +16,5 @@ __all__ = [
     "KFACMultiInputActorCriticPolicy",
     "KFACOptimizer",
     "MinAtarCNN",
+    "NonFiniteUpdateError",
 ]
