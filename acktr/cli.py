@@ -275,6 +275,15 @@ FIXED_ON_RESUME = {
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    from acktr.interrupts import deferred_interrupts
+
+    # SIGINT/SIGTERM from here on stop training at the next env step (a resumable run, one line);
+    # a second one stops at once
+    with deferred_interrupts():
+        return _train_deferred(args, argv)
+
+
+def _train_deferred(args: argparse.Namespace, argv: list[str]) -> int:
     from acktr.train import TrainOptions, command_line, train
 
     if args.resume is not None:

@@ -18,6 +18,7 @@ callbacks (:mod:`acktr.callbacks`) and the run folder (:mod:`acktr.runs`) live b
 from __future__ import annotations
 
 import collections
+import contextlib
 import shlex
 import sys
 import time
@@ -29,6 +30,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalC
 from stable_baselines3.common.logger import Logger, configure
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from acktr import interrupts
 from acktr.agents.optim import NonFiniteUpdateError
 from acktr.callbacks import RunCallback, SaveBestCallback
 from acktr.errors import NonFiniteEnvError, UserError
@@ -49,10 +51,11 @@ from acktr.runs import (
     atomic_save_model,
     atomic_save_vecnormalize,
     atomic_write_yaml,
+    claim_run_dir,
     latest_checkpoint,
-    next_run_dir,
     read_monitor,
     read_yaml,
+    remove_stale_temporaries,
     save_checkpoint,
     truncate_monitor,
     truncate_tensorboard,
@@ -77,12 +80,17 @@ def train(options: TrainOptions) -> TrainResult:
     config = resolve_config(options)
     run_dir = _new_run_dir(options, config)
     paths = RunPaths(run_dir)
-    venv, model = build_run(config)  # also decides config.policy from the observation space
+    try:
+        venv, model = build_run(config)  # also decides config.policy from the observation space
+    except BaseException:
+        _remove_if_empty(run_dir)  # a claimed folder that never became a run
+        raise
     set_threads(config, options.threads)
     try:
         atomic_write_yaml(paths.config, config.to_dict())
     except BaseException:
         venv.close()
+        _remove_if_empty(run_dir)
         raise
     say(
         f"run folder: {run_dir}  ({config.algo} on {config.env_id}, {config.policy}, zoo entry "
@@ -91,9 +99,14 @@ def train(options: TrainOptions) -> TrainResult:
     return _learn(model, venv, config, paths, options, start=0)
 
 
+def _remove_if_empty(run_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only succeeds when empty
+
+
 def _new_run_dir(options: TrainOptions, config: RunConfig) -> Path:
     if options.run_dir is None:
-        return next_run_dir(options.runs_root, config.algo, config.env_id)
+        return claim_run_dir(options.runs_root, config.algo, config.env_id)
     run_dir = Path(options.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is an existing file; pass a folder path")
@@ -154,6 +167,7 @@ def _apply_resume_changes(config: RunConfig, options: TrainOptions, step: int) -
 def _resume(options: TrainOptions) -> TrainResult:
     paths = RunPaths(Path(str(options.resume)))
     config = read_run_config(paths)
+    remove_stale_temporaries(paths.root)  # left by a process killed in the middle of an atomic write
     finished = paths.model.is_file()  # model.zip is written only when a run completes
     checkpoint = None if finished else latest_checkpoint(paths)
     if finished:
@@ -296,12 +310,14 @@ def _learn(
         venv.close()
         checkpoint = latest_checkpoint(paths)
         where = f"from step {checkpoint['step']:,}" if checkpoint else "from step 0 (no checkpoint yet)"
-        say(f"interrupted at step {steps:,}; resume {where} with: acktr train --resume {paths.root}")
+        by = f" by {interrupts.requested()}" if interrupts.requested() else ""
+        say(f"interrupted{by} at step {steps:,}; resume {where} with: acktr train --resume {paths.root}")
         return TrainResult(paths.root, steps, seconds, train_mean, interrupted=True)
     atomic_save_model(model, paths.model)
     if vecnormalize is not None:
         atomic_save_vecnormalize(vecnormalize, paths.vecnormalize)
     venv.close()
+    interrupts.stop_deferring()  # the model is saved: a signal now ends the process at once
     speed = (steps - start) / seconds if seconds > 0 else 0.0
     mean_text = "n/a" if train_mean is None else f"{train_mean:.1f}"
     say(
