@@ -168,11 +168,13 @@ def kill_and_resume(
     kills: list[tuple[str, float]],
     checkpoint_freq: int,
     start: Callable[[list[str], Path, float], Any],
+    finish_after: int | None = None,
 ) -> dict[str, Any]:
     """Run ``acktr train`` to ``total`` steps, SIGKILLed once per entry of ``kills``: ``("write", 0)``
     kills it in the middle of its next checkpoint write, ``("random", t)`` t seconds after it started.
     After every kill the newest checkpoint must load; the next process resumes (or starts over when no
-    run folder was written yet); a last one, in this process, finishes the run."""
+    run folder was written yet); a last one, in this process, finishes the run (``finish_after`` steps
+    after the newest checkpoint when given, for a ``total`` too large to reach)."""
     run_dir = tmp_path / "run"
     new_run = ["train", "--env", "CartPole", "--timesteps", str(total)]
     new_run += ["--checkpoint-freq", str(checkpoint_freq), "--run-dir", str(run_dir), *FAST]
@@ -213,8 +215,14 @@ def kill_and_resume(
         if being_written:  # the checkpoint being written was not committed: the newest is an older one
             assert step is None or step < min(being_written)
     if not (run_dir / "model.zip").is_file():
-        code, _, err = run_cli(resume if (run_dir / "config.yml").is_file() else new_run)
+        final = resume if (run_dir / "config.yml").is_file() else new_run
+        if finish_after is not None:  # a shorter total for the last process, which only --resume may set
+            committed = (check_latest_checkpoint_loads(run_dir) or 0) if final is resume else 0
+            total = committed + finish_after
+            final = [*final, "--timesteps", str(total)]
+        code, _, err = run_cli(final)
         assert code == 0, err
+    counts["total"] = total
     check_finished_run(run_dir, total, counts["kills"])
     return counts
 
@@ -236,8 +244,10 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(tmp_path:
     kills = [("random", float(rng.uniform(0.5, 14.0))) for _ in range(6)]
     kills[2:2] = [("write", 0.0)]
     kills.append(("write", 0.0))
-    counts = kill_and_resume(tmp_path, 40_000, kills, checkpoint_freq=2000, start=start_child)
-    assert counts["kills"] >= 6
+    counts = kill_and_resume(
+        tmp_path, 10**7, kills, checkpoint_freq=2000, start=start_child, finish_after=4000
+    )
+    assert counts["kills"] == 8 and counts["kills_in_checkpoint_write"] >= 2
     record_counts("sigkill_random", kill_times=[round(t, 2) for _, t in kills], **counts)
 
 
