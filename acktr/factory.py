@@ -12,10 +12,12 @@ these functions, so a benchmark measures exactly what ``acktr train`` runs::
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
@@ -126,6 +128,7 @@ def create_model(config: RunConfig, venv: VecEnv) -> Any:
     if config.policy is None:
         config.policy = default_policy(venv.observation_space)
     kwargs = build_agent_kwargs(config.hyperparams)
+    check_rollout_memory(config, venv)
     try:
         return cls(config.policy, venv, seed=config.seed, device=config.device, verbose=0, **kwargs)
     except AssertionError as error:  # SB3 checks spaces with asserts
@@ -136,6 +139,37 @@ def create_model(config: RunConfig, venv: VecEnv) -> Any:
     except (TypeError, ValueError, KeyError) as error:
         message = str(error).strip().splitlines()[0]
         raise UserError(f"cannot build {config.algo} for {config.env_id}: {message}") from None
+
+
+def rollout_bytes(observation_space: gym.Space, action_space: gym.Space, n_envs: int, n_steps: int) -> int:
+    """Bytes of SB3's ``RolloutBuffer`` for ``n_steps × n_envs`` transitions: float32 observations and
+    actions plus six float32 scalars (reward, return, value, log-prob, advantage, episode start)."""
+    from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
+
+    shapes = get_obs_shape(observation_space)
+    observation_floats = sum(
+        int(np.prod(shape)) for shape in (shapes.values() if isinstance(shapes, dict) else [shapes])
+    )
+    return 4 * n_envs * n_steps * (observation_floats + get_action_dim(action_space) + 6)
+
+
+def check_rollout_memory(config: RunConfig, venv: VecEnv) -> None:
+    """A one-line UserError when the rollout buffer alone would take more than half the machine's memory
+    (``-p n_steps=1e9`` would otherwise die in an allocation deep inside SB3)."""
+    n_steps = config.hyperparams.get("n_steps")
+    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
+        return  # the agent's own validation reports it
+    needed = rollout_bytes(venv.observation_space, venv.action_space, venv.num_envs, n_steps)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on Linux/macOS: no check
+        return
+    if needed > memory // 2:
+        raise UserError(
+            f"n_steps={n_steps:,} x n_envs={venv.num_envs:,} needs {needed / 2**30:,.1f} GiB for the "
+            f"rollout buffer, more than half of this machine's {memory / 2**30:,.0f} GiB; lower -p n_steps "
+            "or --n-envs"
+        )
 
 
 def build_run(config: RunConfig) -> tuple[VecEnv, Any]:

@@ -234,6 +234,11 @@ def _check_kfac_kwargs(hyperparams: dict[str, Any], agent_keywords: list[str]) -
     check_nested_keys("kfac_kwargs", kfac_kwargs, allowed)
 
 
+# More copies than any backend here vectorises usefully (torch CartPole peaks near 4,096); a typo such as
+# --n-envs 1e9 would otherwise exhaust memory before any check sees the observation size.
+MAX_N_ENVS = 1 << 20
+
+
 def _positive_int(name: str, value: Any, flag: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
         raise UserError(f"{flag} must be a positive whole number, got {value!r}")
@@ -269,6 +274,10 @@ def resolve_config(options: TrainOptions) -> RunConfig:
         "--timesteps",
     )
     n_envs = _positive_int("n_envs", options.n_envs if options.n_envs is not None else zoo_n_envs, "--n-envs")
+    if n_envs > MAX_N_ENVS:
+        raise UserError(
+            f"--n-envs {n_envs:,} is more than {MAX_N_ENVS:,} env copies; pass a smaller --n-envs"
+        )
     policy = hyperparams.pop("policy", "CnnPolicy" if atari else None)
     normalize = normalize_keywords(hyperparams.pop("normalize", None))
     frame_stack = hyperparams.pop("frame_stack", None)

@@ -579,3 +579,18 @@ def test_cli_stops_after_consecutive_non_finite_updates_with_the_last_checkpoint
     code, _out, err = run_cli(["train", "--resume", str(run_dir), "--no-progress", "--eval-episodes", "0"])
     assert code == 0, err
     assert ACKTR.load(run_dir / "model.zip").num_timesteps == 4000
+
+
+def test_sizes_that_cannot_fit_in_memory_are_one_line_errors(tmp_path: Path) -> None:
+    from acktr.factory import rollout_bytes
+
+    run = ["train", "--env", "CartPole", "--timesteps", "100", "--run-dir", str(tmp_path / "run")]
+    code, _, err = run_cli([*run, "--n-envs", "1e9"])
+    assert_one_line_error(code, err, "--n-envs 1,000,000,000 is more than 1,048,576 env copies")
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    # CartPole: 4 observation floats, no action dimensions beyond 1, six scalars: 44 bytes per transition
+    n_steps = memory // (2 * 8 * 44) + 1
+    assert rollout_bytes(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), 8, n_steps) > memory // 2
+    code, _, err = run_cli([*run, "--n-envs", "8", "-p", f"n_steps={n_steps}"])
+    assert_one_line_error(code, err, "for the rollout buffer, more than half of this machine's")
+    assert not (tmp_path / "run").exists()  # no run folder is left for a run that never started
