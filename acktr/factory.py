@@ -159,7 +159,10 @@ def check_rollout_memory(config: RunConfig, venv: VecEnv) -> None:
     n_steps = config.hyperparams.get("n_steps")
     if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
         return  # the agent's own validation reports it
-    needed = rollout_bytes(venv.observation_space, venv.action_space, venv.num_envs, n_steps)
+    try:
+        needed = rollout_bytes(venv.observation_space, venv.action_space, venv.num_envs, n_steps)
+    except NotImplementedError:  # a space SB3 cannot store: the agent's constructor says so in one line
+        return
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not on Linux/macOS: no check

@@ -231,6 +231,7 @@ def _check_kfac_kwargs(hyperparams: dict[str, Any], agent_keywords: list[str]) -
 
     owned = ("self", "model", "lr", "trust_region_groups", "modules", "warn_unsupported", *agent_keywords)
     allowed = [name for name in inspect.signature(KFAC.__init__).parameters if name not in owned]
+    allowed.append("max_consecutive_skips")  # read by the KFACOptimizer that holds the KFAC
     check_nested_keys("kfac_kwargs", kfac_kwargs, allowed)
 
 
