@@ -537,7 +537,7 @@ def test_cli_stops_after_consecutive_non_finite_updates_with_the_last_checkpoint
 ) -> None:
     """From the 30th preconditioned update on every gradient is NaN: 10 updates are skipped, then the run
     stops with one line, and the newest checkpoint holds finite parameters that `--resume` can load."""
-    from acktr.runs import RunPaths, latest_checkpoint
+    from acktr.runs import RunPaths, latest_checkpoint, read_scalars
 
     original = KFAC.precondition
 
@@ -575,6 +575,9 @@ def test_cli_stops_after_consecutive_non_finite_updates_with_the_last_checkpoint
     assert model.num_timesteps == checkpoint["step"] and f"step {checkpoint['step']:,})" in err
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())
     assert model.policy.optimizer.skipped_updates < 10  # saved mid-run, before the stop
+    scalars = read_scalars(run_dir / "tb")  # the counters reach TensorBoard
+    assert max(value for _, value in scalars["train/skipped_updates"]) >= 5
+    assert "train/eigh_failures" in scalars
     monkeypatch.setattr(KFAC, "precondition", original)
     code, _out, err = run_cli(["train", "--resume", str(run_dir), "--no-progress", "--eval-episodes", "0"])
     assert code == 0, err
