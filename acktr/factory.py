@@ -29,6 +29,7 @@ from acktr.hyperparams import build_agent_kwargs
 from acktr.run_config import RunConfig, check_device
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs never share seeds with the training envs
+MAX_THREADS_PER_CORE = 4
 
 
 def make_run_env(
@@ -211,6 +212,13 @@ def set_threads(config: RunConfig, threads: int | None) -> int:
     if threads is not None:
         if threads < 1:
             raise UserError(f"--threads must be >= 1, got {threads}")
+        # more threads than cores only thrashes; far more cannot even be started
+        most = MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
+        if threads > most:
+            raise UserError(
+                f"--threads {threads:,} is more than {MAX_THREADS_PER_CORE}x this machine's {os.cpu_count()} "
+                f"cores; pass at most {most}"
+            )
         torch.set_num_threads(threads)
     else:
         on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())

@@ -85,8 +85,8 @@ def train(options: TrainOptions) -> TrainResult:
     except BaseException:
         _remove_if_empty(run_dir)  # a claimed folder that never became a run
         raise
-    set_threads(config, options.threads)
     try:
+        set_threads(config, options.threads)
         atomic_write_yaml(paths.config, config.to_dict())
     except BaseException:
         venv.close()
