@@ -117,7 +117,37 @@ FLAGS = [
     "--n-envs", "--seed", "--backend", "--device", "--eval-freq", "--eval-episodes", "--checkpoint-freq",
     "--keep-checkpoints", "--threads", "--timesteps", "--env", "--algo",
 ]  # fmt: skip
-flags = st.lists(st.tuples(st.sampled_from(FLAGS), values), max_size=3)
+# Valid but enormous workloads are not errors (10^12 evaluation episodes would simply run): these flags get
+# invalid values or small and very large counts only where a very large one is refused up front.
+WORKLOAD_FLAGS = ("--eval-freq", "--eval-episodes", "--n-envs")
+
+
+def _is_large_valid_count(text: str) -> bool:
+    try:
+        number = float(text.replace("_", ""))
+    except ValueError:
+        return False
+    return number == number and abs(number) != float("inf") and number == int(number) and 64 < number <= 2**20
+
+
+def flag_value(flag: str) -> st.SearchStrategy[tuple[str, str]]:
+    if flag in WORKLOAD_FLAGS:
+        bounded = values.filter(lambda text: not _is_large_valid_count(text))
+        if flag != "--n-envs":  # evaluation: any valid count above 64 would run that many episodes
+            bounded = bounded.filter(lambda text: not _is_large_valid_count(text) and not _huge(text))
+        return bounded.map(lambda text: (flag, text))
+    return values.map(lambda text: (flag, text))
+
+
+def _huge(text: str) -> bool:
+    try:
+        number = float(text.replace("_", ""))
+    except ValueError:
+        return False
+    return number == number and number > 64 and (number == float("inf") or number == int(number))
+
+
+flags = st.lists(st.sampled_from(FLAGS).flatmap(flag_value), max_size=3)
 
 
 def train_args(flag_values: list[tuple[str, str]], params: list[str], run_dir: Path) -> list[str]:
