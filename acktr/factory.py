@@ -155,11 +155,16 @@ def rollout_bytes(observation_space: gym.Space, action_space: gym.Space, n_envs:
 
 
 def check_rollout_memory(config: RunConfig, venv: VecEnv) -> None:
-    """A one-line UserError when the rollout buffer alone would take more than half the machine's memory
-    (``-p n_steps=1e9`` would otherwise die in an allocation deep inside SB3)."""
+    """One-line UserErrors for an ``n_steps`` below 1 and for a rollout buffer that alone would take more than
+    half the machine's memory (``-p n_steps=1e9`` would otherwise die in an allocation deep inside SB3)."""
     n_steps = config.hyperparams.get("n_steps")
+    if n_steps is None:
+        return
     if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
-        return  # the agent's own validation reports it
+        # SB3 accepts n_steps=0 and then divides by the rollout size
+        raise UserError(
+            f"n_steps must be a positive whole number of steps per env and update, got {n_steps!r}"
+        )
     try:
         needed = rollout_bytes(venv.observation_space, venv.action_space, venv.num_envs, n_steps)
     except NotImplementedError:  # a space SB3 cannot store: the agent's constructor says so in one line

@@ -31,7 +31,7 @@ from acktr.errors import UserError  # noqa: E402
 
 FUZZ_SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 DEFAULT_EXAMPLES = 30
-SLOW_EXAMPLES = 600
+SLOW_EXAMPLES = 2000
 
 
 def run_cli(args: list[str]) -> tuple[int, str, str]:
@@ -91,8 +91,11 @@ NASTY_TEXT = [
     "1_000", "ü", "'", '"', "- a", ": b", "!!python/object:os.system", "&a [*a]", "lin_0.25", "lin_-1",
     "nan_0.1", "[[[[]]]]",
 ]  # fmt: skip
+# plausible values, so that some cases get past validation into the run itself
+PLAUSIBLE_TEXT = ["0.1", "0.5", "0.99", "2", "4", "8", "1e-3", "lin_0.1", "[32]", "[16, 16]", "eigen", "eva"]
 values = st.one_of(
     st.sampled_from(NASTY_TEXT),
+    st.sampled_from(PLAUSIBLE_TEXT),
     st.integers(-(10**12), 10**12).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.text(max_size=10),
@@ -261,8 +264,8 @@ def test_fuzzed_model_files_for_eval_and_resume_end_in_one_line(
 
 @pytest.mark.slow
 def test_fuzzed_model_files_many_cases(good_run: Path, tmp_path: Path, one_update: None) -> None:
-    tally = fuzz_model_files(good_run, tmp_path, "fuzz_model_files_slow", 300)
-    assert tally.outcomes["cases"] >= 300
+    tally = fuzz_model_files(good_run, tmp_path, "fuzz_model_files_slow", 600)
+    assert tally.outcomes["cases"] >= 600
 
 
 def test_the_api_raises_typed_errors_for_a_corrupt_model_and_bad_hyperparameters(tmp_path: Path) -> None:
