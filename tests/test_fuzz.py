@@ -29,7 +29,13 @@ from hypothesis import strategies as st  # noqa: E402
 from acktr.cli import main  # noqa: E402
 from acktr.errors import UserError  # noqa: E402
 
-FUZZ_SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+# Reproducible cases by default; ACKTR_FUZZ_RANDOM=1 explores new ones on every run.
+FUZZ_SETTINGS = dict(
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=not os.environ.get("ACKTR_FUZZ_RANDOM"),
+    database=None,
+)
 DEFAULT_EXAMPLES = 30
 SLOW_EXAMPLES = 2000
 
