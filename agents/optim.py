@@ -47,7 +47,9 @@ def updates_are_finite(gradients: Sequence[th.Tensor], loss: float | None = None
         return False
     if not gradients:
         return True
-    return bool(th.stack([th.isfinite(gradient).all() for gradient in gradients]).all())
+    # a sum is non-finite iff an entry is (or it overflows float range, which no usable update does): one
+    # reduction per tensor and one host sync, no boolean copies
+    return bool(th.isfinite(th.stack([gradient.sum(dtype=th.float32) for gradient in gradients]).sum()))
 
 
 class KFACOptimizer(th.optim.Optimizer):
@@ -211,6 +213,7 @@ class KFACOptimizer(th.optim.Optimizer):
             # param_groups[1 + i] is trust-region group i (see __init__)
             group_lrs = [group["lr"] for group in self.param_groups[1:]] or None
             self.last_info = self.kfac.precondition(lr=self.param_groups[0]["lr"], group_lrs=group_lrs)
+        # the update direction as it will be applied (whatever produced it), not a proxy such as Σ⟨Δ, g⟩
         gradients = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         if not updates_are_finite(gradients, None if loss is None else float(loss)):
             self._skip_update()

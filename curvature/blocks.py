@@ -103,7 +103,8 @@ class KFACBlock:
         gradient stays non-finite, so the optimizer can skip the update.
         """
         direction = self.approximation.precondition(grad_matrix, damping)
-        return torch.where(torch.isfinite(direction).all(), direction, grad_matrix.to(direction.dtype))
+        # a sum is non-finite iff some entry is (or it overflows, when the direction is useless anyway)
+        return torch.where(torch.isfinite(direction.sum()), direction, grad_matrix.to(direction.dtype))
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
