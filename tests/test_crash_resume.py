@@ -120,6 +120,11 @@ def wait_until(condition: Callable[[], bool], process: Any, timeout: float) -> b
     return False
 
 
+def child_logs(folder: Path) -> str:
+    """The end of every child's output, for a failure message."""
+    return " | ".join(path.read_text(errors="replace")[-600:] for path in sorted(folder.glob("*.log")))
+
+
 def temporaries(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.rglob(".*.tmp*") if p.is_file()]
 
@@ -197,7 +202,7 @@ def kill_and_resume(
         else:
             wait_until(lambda: False, process, seconds)
         if process.poll() is not None:  # it finished (or failed) before the kill
-            assert process.returncode == 0, f"child failed: see the logs in {tmp_path}"
+            assert process.returncode == 0, f"child failed: {child_logs(tmp_path)}"
             counts["finished_early"] += 1
             break
         process.send_signal(signal.SIGKILL)
@@ -206,7 +211,7 @@ def kill_and_resume(
         counts["kills"] += 1
         counts["kills_in_checkpoint_write"] += int(bool(being_written))
         if kind == "write":
-            assert being_written, "the kill was meant to land inside a checkpoint write"
+            assert being_written, f"the kill missed the checkpoint write: {child_logs(tmp_path)}"
         if not (run_dir / "config.yml").is_file():
             counts["kills_before_run_folder"] += 1
             continue
