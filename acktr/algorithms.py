@@ -46,15 +46,27 @@ class AlgorithmSpec:
         return getattr(module, self.class_name)
 
 
-# The registry. NPG and NoisyACKTR get one entry each when they land.
+# The registry. NoisyACKTR gets one entry when it lands.
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     spec.name: spec
     for spec in (
         AlgorithmSpec(
             "acktr", "acktr.agents", "ACKTR", "acktr", "acktr", True, "K-FAC natural gradient A2C (ACKTR)"
         ),
+        AlgorithmSpec(
+            "npg",
+            "acktr.agents",
+            "NPG",
+            "npg",
+            "npg",
+            True,
+            "natural policy gradient with a K-FAC Fisher (NPG)",
+        ),
         AlgorithmSpec("a2c", "stable_baselines3", "A2C", "a2c", "a2c", False, "SB3 A2C, for comparison"),
         AlgorithmSpec("ppo", "stable_baselines3", "PPO", "ppo", "ppo", False, "SB3 PPO, for comparison"),
+        AlgorithmSpec(
+            "trpo", "sb3_contrib", "TRPO", "trpo", "trpo", False, "sb3-contrib TRPO, for comparison with NPG"
+        ),
     )
 }
 

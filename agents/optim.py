@@ -249,6 +249,23 @@ class KFACOptimizer(th.optim.Optimizer):
                 "the rewards and observations (e.g. -p normalize=true)"
             )
 
+    def step_snapshot(self, group: int = 0) -> list[th.Tensor]:
+        """Copies of ``param_groups[group]``'s parameters, for :meth:`rescale_step` after the next step."""
+        return [param.detach().clone() for param in self.param_groups[group]["params"]]
+
+    @th.no_grad()
+    def rescale_step(self, snapshot: list[th.Tensor], scale: float, group: int = 0) -> None:
+        """Shrink the step just taken by ``param_groups[group]`` to ``scale`` times its size.
+
+        ``θ ← θ₀ + scale·(θ − θ₀)`` with ``θ₀`` the :meth:`step_snapshot` taken before the step; the momentum
+        buffers are scaled alike, so the shrunk part is not re-applied by the next steps.
+        """
+        for param, before in zip(self.param_groups[group]["params"], snapshot, strict=True):
+            param.sub_(before).mul_(scale).add_(before)
+            buffer = self.state[param].get("momentum_buffer") if param in self.state else None
+            if buffer is not None:
+                buffer.mul_(scale)
+
     def state_dict(self) -> dict[str, Any]:
         """Momentum buffers and param groups (torch format) plus ``"kfac"``, ``"steps_taken"`` and the
         skip counters."""

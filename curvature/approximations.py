@@ -45,6 +45,57 @@ def blend_weight(count: Tensor, finite: Tensor, *, decay: float, cold_iter: int)
     return torch.where(finite, weight, torch.zeros_like(weight))
 
 
+class DiagonalFisher:
+    """Running diagonal Fisher of a parameter that no layer block covers (e.g. a Gaussian policy's
+    state-independent ``log_std``), kept with the same cold-start/decay rule as the Kronecker factors.
+
+    Preconditions as ``Δ = g / (f + λ)`` (elementwise). Fed by
+    :func:`~acktr.curvature.kfac_math.diagonal_fisher_sample` from the statistics backward.
+    """
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self.diagonal: Tensor | None = None
+        self.finite_updates: Tensor | None = None
+        self.statistics_updates = 0
+
+    @property
+    def has_statistics(self) -> bool:
+        return self.diagonal is not None
+
+    def update(self, sample: Tensor, *, decay: float, cold_iter: int) -> None:
+        """Fold one diagonal sample (shape of the parameter) into the running average."""
+        sample = sample.detach().to(self.dtype)
+        finite = torch.isfinite(sample.sum())
+        if self.diagonal is None or self.finite_updates is None:
+            self.diagonal = torch.where(finite, sample, torch.zeros_like(sample))
+            self.finite_updates = finite.to(self.dtype)
+        else:
+            weight = blend_weight(self.finite_updates, finite, decay=decay, cold_iter=cold_iter)
+            self.diagonal.lerp_(torch.where(finite, sample, self.diagonal), weight)
+            self.finite_updates = self.finite_updates + finite.to(self.dtype)
+        self.statistics_updates += 1
+
+    def precondition(self, grad: Tensor, damping: float) -> Tensor:
+        """``g / (f + λ)``; the gradient unchanged before any statistics."""
+        if self.diagonal is None:
+            return grad
+        return grad / (self.diagonal.to(grad.dtype) + damping)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "diagonal": None if self.diagonal is None else self.diagonal.clone(),
+            "finite_updates": None if self.finite_updates is None else self.finite_updates.clone(),
+            "statistics_updates": self.statistics_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        diagonal, finite = state.get("diagonal"), state.get("finite_updates")
+        self.diagonal = None if diagonal is None else diagonal.to(device=device, dtype=self.dtype)
+        self.finite_updates = None if finite is None else finite.to(device=device, dtype=self.dtype)
+        self.statistics_updates = int(state.get("statistics_updates", 0))
+
+
 class CurvatureApproximation:
     """Base class: counters, failure bookkeeping and the cold-start/decay rule shared by every kind."""
 

@@ -360,3 +360,22 @@ def whitened_step_scale(
     if kl_clip is not None and reference_lr > 0:
         scale = torch.minimum(scale, torch.sqrt(kl_clip / dot) / reference_lr)
     return scale
+
+
+def diagonal_fisher_sample(batch_gradient: Tensor, *, batch_size: int, mean_reduction: bool) -> Tensor:
+    """One unbiased sample of a parameter's diagonal Fisher ``E_b[g_b ⊙ g_b]`` from a batch-loss gradient.
+
+    With targets sampled from the model itself, the per-example scores ``g_b`` are independent with zero
+    mean, so ``E[(Σ_b g_b)²] = Σ_b E[g_b²]``: the squared batch gradient, rescaled, estimates the average
+    per-example second moment without per-example gradients — ``B ḡ²`` for a mean-reduced loss,
+    ``(Σ_b g_b)² / B`` for a summed one. (With the rollout's own targets, the empirical Fisher, the scores
+    do not have zero mean and this is biased.)
+
+    :param batch_gradient: the gradient of the statistics loss w.r.t. the parameter, any shape.
+    :param batch_size: B, the number of examples the loss averaged or summed over.
+    :return: same shape as ``batch_gradient``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"diagonal_fisher_sample: batch_size must be >= 1, got {batch_size}")
+    squared = batch_gradient.square()
+    return squared * batch_size if mean_reduction else squared / batch_size

@@ -28,12 +28,18 @@ import torch
 from torch import Tensor, nn
 
 from acktr.curvature import kfac_math
-from acktr.curvature.approximations import APPROXIMATIONS, KroneckerFactors, make_approximation
+from acktr.curvature.approximations import (
+    APPROXIMATIONS,
+    DiagonalFisher,
+    KroneckerFactors,
+    make_approximation,
+)
 from acktr.curvature.blocks import KFACBlock
 from acktr.curvature.layers import adapter_class_for
 
 LOSS_REDUCTIONS = ("mean", "sum")
 STEP_RULES = ("natural", "whitened")
+UNCOVERED_CURVATURES = ("identity", "diagonal")
 # Largest Kronecker factor side covered by default: 8192² floats are 268 MB (eigendecomposition: minutes).
 DEFAULT_MAX_FACTOR_DIM = 8192
 # A layer whose curvature refresh fails this many times in a row (non-finite statistics, decompositions that
@@ -170,6 +176,11 @@ class KFAC:
         max_refresh_failures: a layer whose refresh fails this many times in a row (non-finite statistics,
             decompositions failing in float32 and float64) gets its statistics reset with a warning and
             rebuilt from the next batches; until then it keeps its last good decompositions.
+        uncovered_curvature: what preconditions the parameters no block covers (e.g. a Gaussian policy's
+            ``log_std``): ``"identity"`` (their plain gradient, the original ACKTR) or ``"diagonal"`` (a
+            running diagonal Fisher ``f`` estimated from the statistics backward with
+            :func:`~acktr.curvature.kfac_math.diagonal_fisher_sample`, ``Δ = g / (f + λ)``; needs the
+            statistics loss to be backpropagated inside :meth:`collect_statistics` with sampled targets).
     """
 
     def __init__(
@@ -198,6 +209,7 @@ class KFAC:
         trust_region_groups: Sequence[tuple[Iterable[nn.Parameter], float | None]] = (),
         max_factor_dim: int | None = DEFAULT_MAX_FACTOR_DIM,
         max_refresh_failures: int = DEFAULT_MAX_REFRESH_FAILURES,
+        uncovered_curvature: str = "identity",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"KFAC: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -236,6 +248,13 @@ class KFAC:
         self.max_refresh_failures = _check_positive_int("max_refresh_failures", max_refresh_failures)
         self.statistics_resets = 0
 
+        if uncovered_curvature not in UNCOVERED_CURVATURES:
+            raise ValueError(
+                f"KFAC: uncovered_curvature must be one of {', '.join(UNCOVERED_CURVATURES)}, "
+                f"got {uncovered_curvature!r}"
+            )
+        self.uncovered_curvature = uncovered_curvature
+
         self.model = model
         self._group_kl_clips: list[float | None] = []
         if max_factor_dim is not None:
@@ -246,6 +265,9 @@ class KFAC:
         covered = {id(p) for block in self.blocks for p in block.parameters()}
         self._uncovered_parameters = [p for p in model.parameters() if id(p) not in covered]
         self._set_trust_region_groups(trust_region_groups)
+        diagonal_dtype = self.blocks[0].factor_dtype if self.blocks else torch.float32
+        self._uncovered_fishers = [DiagonalFisher(diagonal_dtype) for _ in self._uncovered_parameters]
+        self._statistics_batch_size: int | None = None
 
         self.steps = 0
         self.statistics_calls = 0
@@ -444,10 +466,15 @@ class KFAC:
                 "KFAC: the model has no nn.Linear or nn.Conv2d layer with trainable weights to precondition"
             )
         if uncovered and warn_unsupported:
+            treatment = (
+                "preconditioned by a running diagonal Fisher"
+                if self.uncovered_curvature == "diagonal"
+                else "left to the base optimizer"
+            )
             warnings.warn(
                 "K-FAC covers no block for: "
                 + ", ".join(uncovered)
-                + "; their gradients are left to the base optimizer (still scaled by the trust region)",
+                + f"; their gradients are {treatment} (still scaled by the trust region)",
                 UserWarning,
                 stacklevel=3,
             )
@@ -544,6 +571,15 @@ class KFAC:
         ]
         for block in self.blocks:
             block.reset_accumulators()
+        # the uncovered parameters' statistics: the gradients that reach them inside the block
+        uncovered_grads: list[Tensor | None] = [None] * len(self._uncovered_parameters)
+        if self.uncovered_curvature == "diagonal":
+            handles += [
+                param.register_hook(self._make_uncovered_hook(uncovered_grads, index))
+                for index, param in enumerate(self._uncovered_parameters)
+                if param.requires_grad
+            ]
+        self._statistics_batch_size = None
         self._collecting = True
         succeeded = False
         try:
@@ -555,6 +591,8 @@ class KFAC:
                 handle.remove()
             if succeeded:
                 self._update_factors()
+                if self.uncovered_curvature == "diagonal":
+                    self._update_uncovered_fishers(uncovered_grads)
             for block in self.blocks:
                 block.reset_accumulators()
 
@@ -572,11 +610,35 @@ class KFAC:
             if not (torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad):
                 return
             start = time.perf_counter()
+            if self._statistics_batch_size is None and args[0].dim() > 0:
+                self._statistics_batch_size = int(args[0].shape[0])
             block.accumulate_activations(args[0])
             output.register_hook(gradient_hook)
             self._factor_seconds += time.perf_counter() - start
 
         return forward_hook
+
+    def _make_uncovered_hook(self, grads: list[Tensor | None], index: int) -> Callable[[Tensor], None]:
+        def hook(grad: Tensor) -> None:
+            if self._collecting:
+                previous = grads[index]
+                grads[index] = grad.detach() if previous is None else previous + grad.detach()
+
+        return hook
+
+    def _update_uncovered_fishers(self, grads: list[Tensor | None]) -> None:
+        """Fold the statistics backward's gradient of each uncovered parameter into its diagonal Fisher."""
+        batch_size = self._statistics_batch_size
+        if batch_size is None:  # no covered layer ran a forward pass: nothing says how many examples
+            return
+        mean_reduction = self.loss_reduction == "mean"
+        for gradient, fisher in zip(grads, self._uncovered_fishers, strict=True):
+            if gradient is None:
+                continue
+            sample = kfac_math.diagonal_fisher_sample(
+                gradient, batch_size=batch_size, mean_reduction=mean_reduction
+            )
+            fisher.update(sample, decay=self.factor_decay, cold_iter=self.cold_iter)
 
     def _update_factors(self) -> None:
         start = time.perf_counter()
@@ -633,7 +695,8 @@ class KFAC:
     ) -> PreconditionInfo:
         """Rewrite every parameter's ``.grad`` with the trust-region-scaled natural gradient.
 
-        Blocks: ``Δ = (A ⊗ G + λI)⁻¹ ∇W``; uncovered parameters: ``Δ = g``. Then all are multiplied
+        Blocks: ``Δ = (A ⊗ G + λI)⁻¹ ∇W``; uncovered parameters: ``Δ = g`` (``uncovered_curvature=
+        "identity"``) or ``Δ = g / (f + λ)`` (``"diagonal"``, once it has statistics). Then all are multiplied
         by ``ν = min(1, sqrt(kl_clip / (η² Σ⟨Δ, g⟩)))`` (one ν per trust-region group). Parameters
         without ``.grad`` are skipped.
 
@@ -689,13 +752,21 @@ class KFAC:
                 stacklevel=2,
             )
         uncovered = [
-            (param, group)
-            for param, group in zip(self._uncovered_parameters, self._uncovered_groups, strict=True)
+            (param, group, fisher)
+            for param, group, fisher in zip(
+                self._uncovered_parameters, self._uncovered_groups, self._uncovered_fishers, strict=True
+            )
             if param.grad is not None
         ]
-        for param, group in uncovered:
+        diagonal = self.uncovered_curvature == "diagonal"
+        for param, group, fisher in uncovered:
             assert param.grad is not None
-            group_dots[group] = group_dots[group] + param.grad.float().square().sum()
+            if diagonal and fisher.has_statistics:
+                grad = param.grad
+                param.grad = fisher.precondition(grad, self.damping)
+                group_dots[group] = group_dots[group] + (param.grad * grad).float().sum()
+            else:
+                group_dots[group] = group_dots[group] + param.grad.float().square().sum()
 
         if self.step_rule == "whitened":
             counts = self._group_parameter_counts()
@@ -712,7 +783,7 @@ class KFAC:
             ]
         for block, direction, group in directions:
             block.write_gradient_matrix(direction * scales[group].to(direction.dtype))
-        for param, group in uncovered:
+        for param, group, _ in uncovered:
             assert param.grad is not None
             param.grad.mul_(scales[group].to(param.grad.dtype))
         precondition_seconds = time.perf_counter() - start
@@ -749,6 +820,8 @@ class KFAC:
             "statistics_resets": self.statistics_resets,
             "curvature": self.curvature,
             "blocks": {block.name: block.state_dict() for block in self.blocks},
+            "uncovered_curvature": self.uncovered_curvature,
+            "uncovered": [fisher.state_dict() for fisher in self._uncovered_fishers],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -772,6 +845,13 @@ class KFAC:
         for block in self.blocks:
             device = block.parameters()[0].device
             block.load_state_dict(state["blocks"][block.name], device=device)
+        uncovered_states = state.get("uncovered")
+        for index, fisher in enumerate(self._uncovered_fishers):
+            device = self._uncovered_parameters[index].device
+            if isinstance(uncovered_states, list) and len(uncovered_states) == len(self._uncovered_fishers):
+                fisher.load_state_dict(uncovered_states[index], device=device)
+            else:  # saved before diagonal statistics existed, or by another model: start them afresh
+                fisher.load_state_dict({}, device=device)
         self.steps = int(state["steps"])
         self.statistics_calls = int(state["statistics_calls"])
         self.statistics_resets = int(state.get("statistics_resets", 0))

@@ -621,6 +621,7 @@ def test_vf_kl_clip_step_scales_follow_the_formula() -> None:
         kl_clip=None,
         update_inverses_every=1,
         warn_unsupported=False,
+        uncovered_curvature=model.kfac.uncovered_curvature,  # log_std: its diagonal Fisher
     )
     unclipped.load_state_dict(model.kfac.state_dict())
     for name, p in named.items():
