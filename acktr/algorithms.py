@@ -46,7 +46,7 @@ class AlgorithmSpec:
         return getattr(module, self.class_name)
 
 
-# The registry. NoisyACKTR gets one entry when it lands.
+# The registry.
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     spec.name: spec
     for spec in (
@@ -61,6 +61,15 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             "npg",
             True,
             "natural policy gradient with a K-FAC Fisher (NPG)",
+        ),
+        AlgorithmSpec(
+            "noisy-acktr",
+            "acktr.agents",
+            "NoisyACKTR",
+            "noisy_acktr",
+            "noisy_acktr",
+            True,
+            "ACKTR acting with weights sampled from its K-FAC posterior (noisy K-FAC exploration)",
         ),
         AlgorithmSpec("a2c", "stable_baselines3", "A2C", "a2c", "a2c", False, "SB3 A2C, for comparison"),
         AlgorithmSpec("ppo", "stable_baselines3", "PPO", "ppo", "ppo", False, "SB3 PPO, for comparison"),

@@ -208,12 +208,37 @@ def list_zoo(algo: str) -> list[tuple[str, dict[str, Any], str]]:
 # ----------------------------------------------------------------------------------------- -p key=value
 
 
+def _constructors(cls: Any) -> list[Callable[..., Any]]:
+    """``cls.__init__``, then its bases' for as long as a constructor forwards ``**kwargs`` to its base (an
+    agent subclass such as NoisyACKTR takes every keyword of ACKTR)."""
+    constructors: list[Callable[..., Any]] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        constructors.append(init)
+        if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+            break
+    return constructors
+
+
 def agent_parameters(cls: Any) -> dict[str, inspect.Parameter]:
     """Constructor parameters of an agent class that ``-p`` may set (``policy`` included)."""
-    parameters = inspect.signature(cls.__init__).parameters
-    return {
-        name: p for name, p in parameters.items() if name not in RESERVED_PARAMS and p.kind != p.VAR_KEYWORD
-    }
+    merged: dict[str, inspect.Parameter] = {}
+    for init in _constructors(cls):
+        for name, p in inspect.signature(init).parameters.items():
+            if name in RESERVED_PARAMS or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or name in merged:
+                continue
+            merged[name] = p
+    return merged
+
+
+def agent_type_hints(cls: Any) -> dict[str, Any]:
+    """Resolved annotations of the constructor parameters :func:`agent_parameters` lists."""
+    hints: dict[str, Any] = {}
+    for init in reversed(_constructors(cls)):  # a subclass's annotation wins
+        hints.update(_type_hints(init))
+    return hints
 
 
 def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
@@ -247,7 +272,7 @@ def apply_overrides(algo: str, hyperparams: dict[str, Any], overrides: list[str]
     """Copy of ``hyperparams`` with every ``-p`` override applied and type-checked against the agent."""
     cls = algorithm_class(algo)
     parameters = agent_parameters(cls)
-    hints = _type_hints(cls.__init__)
+    hints = agent_type_hints(cls)
     result = dict(hyperparams)
     for text in overrides:
         path, value = parse_override(text)

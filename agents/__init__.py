@@ -1,7 +1,9 @@
-"""ACKTR, NPG and K-FAC policies for Stable-Baselines3 (``from acktr import ACKTR, NPG``)."""
+"""ACKTR, NPG, NoisyACKTR and K-FAC policies for Stable-Baselines3 (``from acktr import ACKTR, NPG,
+NoisyACKTR``)."""
 
 from acktr.agents.acktr import ACKTR
 from acktr.agents.extractors import MinAtarCNN
+from acktr.agents.noisy_acktr import NoisyACKTR
 from acktr.agents.npg import NPG
 from acktr.agents.optim import KFACOptimizer, NonFiniteUpdateError
 from acktr.agents.policies import (
@@ -18,5 +20,6 @@ __all__ = [
     "KFACMultiInputActorCriticPolicy",
     "KFACOptimizer",
     "MinAtarCNN",
+    "NoisyACKTR",
     "NonFiniteUpdateError",
 ]

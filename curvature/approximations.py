@@ -9,6 +9,8 @@ Every approximation has the same life cycle, driven by :class:`~acktr.curvature.
   ``cold_iter`` finite batches, then exponential; non-finite batches skipped without a host sync);
 - ``refresh(damping)`` recomputes the decompositions (amortised: every ``update_inverses_every`` steps);
 - ``precondition(grad_matrix, damping)`` returns the damped natural gradient ``(d_out, d_in')``;
+- ``posterior_sample(noise, damping)`` maps white noise to a weight sample with covariance ``(F̂ + γI)⁻¹``
+  (noisy natural gradient), from the same decompositions;
 - ``state_dict()`` / ``load_state_dict()``.
 
 Kinds (``KFAC(curvature=...)``):
@@ -217,6 +219,20 @@ class CurvatureApproximation:
     def precondition(self, grad_matrix: Tensor, damping: float) -> Tensor:
         raise NotImplementedError
 
+    def posterior_sample(self, noise: Tensor, damping: float) -> Tensor:
+        """``(F̂ + γI)^{-1/2} vec E`` for white noise ``E`` ``(..., d_out, d_in')``: a sample of the Gaussian
+        with covariance ``(F̂ + γI)⁻¹`` over the layer's weights (noisy natural gradient), ``F̂`` this
+        approximation's Fisher block, from the decomposition it already holds. Without curvature yet
+        (``F̂ = 0``) it is the prior alone, ``E / √γ``."""
+        if not self.has_curvature:
+            return noise.to(self.dtype) / math.sqrt(damping)
+        return self._posterior_sample(noise.to(self.dtype), damping)
+
+    def _posterior_sample(self, noise: Tensor, damping: float) -> Tensor:
+        raise NotImplementedError(
+            f"curvature {self.name!r} has no posterior sampler; use curvature='eigen' or 'lowrank'"
+        )
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {name: getattr(self, name) for name in self.state_tensors}
@@ -377,6 +393,10 @@ class EigenKFAC(KroneckerFactors):
             return grad
         return kfac_math.eigen_precondition(grad, self.activation_eigen, self.gradient_eigen, damping)
 
+    def _posterior_sample(self, noise: Tensor, damping: float) -> Tensor:
+        assert self.activation_eigen is not None and self.gradient_eigen is not None
+        return kfac_math.eigen_posterior_sample(noise, self.activation_eigen, self.gradient_eigen, damping)
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         for prefix in ("activation", "gradient"):
@@ -435,6 +455,12 @@ class CholeskyKFAC(KroneckerFactors):
             return grad
         return kfac_math.factored_precondition(grad, self.activation_inverse, self.gradient_inverse)
 
+    def _posterior_sample(self, noise: Tensor, damping: float) -> Tensor:
+        """The covariance this kind preconditions with: ``(A + π√γ I)⁻¹ ⊗ (G + (√γ/π) I)⁻¹`` (factored
+        damping, baked into the inverses at the last refresh: ``damping`` is the one they were built with)."""
+        assert self.activation_inverse is not None and self.gradient_inverse is not None
+        return kfac_math.factored_posterior_sample(noise, self.activation_inverse, self.gradient_inverse)
+
 
 class LowRankKFAC(KroneckerFactors):
     """K-FAC whose factors keep their top-``rank`` eigenpairs plus an isotropic remainder (exact Tikhonov
@@ -473,6 +499,12 @@ class LowRankKFAC(KroneckerFactors):
         if self.activation_lowrank is None or self.gradient_lowrank is None:
             return grad
         return kfac_math.low_rank_precondition(grad, self.activation_lowrank, self.gradient_lowrank, damping)
+
+    def _posterior_sample(self, noise: Tensor, damping: float) -> Tensor:
+        assert self.activation_lowrank is not None and self.gradient_lowrank is not None
+        return kfac_math.low_rank_posterior_sample(
+            noise, self.activation_lowrank, self.gradient_lowrank, damping
+        )
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -551,6 +583,12 @@ class KroneckerVectors(CurvatureApproximation):
             return grad
         return kfac_math.kronecker_vector_precondition(
             grad, self.activation_vector, self.gradient_vector, damping
+        )
+
+    def _posterior_sample(self, noise: Tensor, damping: float) -> Tensor:
+        assert self.activation_vector is not None and self.gradient_vector is not None
+        return kfac_math.kronecker_vector_posterior_sample(
+            noise, self.activation_vector, self.gradient_vector, damping
         )
 
 

@@ -362,6 +362,112 @@ def whitened_step_scale(
     return scale
 
 
+# ------------------------------------------------------------------------------------ posterior samples
+#
+# The Gaussian over a layer's weights that noisy natural gradient (Zhang, Sun, Duvenaud & Grosse 2018) reads
+# off the curvature: ``Cov(vec ΔW) = (F̂ + γI)⁻¹`` for the approximation's Fisher block ``F̂`` and a prior
+# precision γ. Each sampler maps white noise ``E`` (``vec E ~ N(0, I)``) to ``(F̂ + γI)^{-1/2} vec E`` using
+# the decomposition the approximation already holds (one preconditioning's cost). ``E`` may carry leading
+# batch dimensions ``(..., d_out, d_in')`` for several independent samples at once; the caller applies the
+# scale ``s·sqrt(λ/N)``.
+
+
+def eigen_posterior_sample(
+    noise: Tensor, activation: Eigendecomposition, gradient: Eigendecomposition, damping: float
+) -> Tensor:
+    """``ΔW`` with ``Cov(vec ΔW) = (A ⊗ G + γI)⁻¹``: ``Q_G [E ⊘ sqrt(d_G d_Aᵀ + γ)] Q_Aᵀ``.
+
+    ``(Q_A ⊗ Q_G)`` is orthogonal, so the white noise needs no rotation into the eigenbasis.
+
+    Args:
+        noise: ``E`` ``(..., d_out, d_in')``, independent standard normal entries.
+        activation: decomposition of ``A`` ``(d_in', d_in')``; gradient: of ``G`` ``(d_out, d_out)``.
+
+    Returns:
+        ``(..., d_out, d_in')``.
+    """
+    scale = torch.outer(gradient.eigenvalues, activation.eigenvalues).add(damping).rsqrt()
+    return gradient.eigenvectors @ (noise * scale) @ activation.eigenvectors.T
+
+
+def _low_rank_damped_power(
+    matrix: Tensor, activation: LowRankEigen, gradient: LowRankEigen, damping: float, power: float
+) -> Tensor:
+    """``(Â ⊗ Ĝ + γI)^{-power} vec(V)`` for low-rank-plus-isotropic factors on the four eigenspaces of
+    :func:`low_rank_precondition` (``V`` ``(..., d_out, d_in')``)."""
+    q_a, a = activation.eigenvectors, activation.eigenvalues
+    q_g, g = gradient.eigenvectors, gradient.eigenvalues
+    v_qa = matrix @ q_a  # (..., d_out, k_a)
+    core = q_g.T @ v_qa  # (..., k_g, k_a)
+    result = q_g @ (core * (torch.outer(g, a) + damping).pow(-power)) @ q_a.T
+    if not activation.full_rank:
+        top_rest = q_g.T @ matrix - core @ q_a.T  # Q_Gᵀ V (I − P_A)
+        result = result + q_g @ (top_rest * (g * activation.residual + damping).pow(-power)[:, None])
+    if not gradient.full_rank:
+        rest_top = v_qa - q_g @ core  # (I − P_G) V Q_A
+        result = result + (rest_top * (gradient.residual * a + damping).pow(-power)[None, :]) @ q_a.T
+        if not activation.full_rank:
+            rest_rest = matrix - q_g @ (q_g.T @ matrix) - v_qa @ q_a.T + q_g @ core @ q_a.T
+            result = result + rest_rest * (gradient.residual * activation.residual + damping) ** -power
+    return result
+
+
+def low_rank_posterior_sample(
+    noise: Tensor, activation: LowRankEigen, gradient: LowRankEigen, damping: float
+) -> Tensor:
+    """``ΔW`` with ``Cov(vec ΔW) = (Â ⊗ Ĝ + γI)⁻¹`` for the low-rank-plus-isotropic factors ``Â``, ``Ĝ``
+    (:class:`LowRankEigen`): ``(Â ⊗ Ĝ + γI)^{-1/2} vec E``, exactly, in ``O(d_out d_in k)``.
+
+    Args:
+        noise: ``E`` ``(..., d_out, d_in')``.
+
+    Returns:
+        ``(..., d_out, d_in')``.
+    """
+    return _low_rank_damped_power(noise, activation, gradient, damping, 0.5)
+
+
+def factored_posterior_sample(noise: Tensor, activation_inverse: Tensor, gradient_inverse: Tensor) -> Tensor:
+    """``ΔW`` with ``Cov(vec ΔW) = (A + π√γ I)⁻¹ ⊗ (G + (√γ/π) I)⁻¹``, the factored-damping curvature the
+    Cholesky approximation preconditions with: ``L_G E L_Aᵀ`` with ``L Lᵀ`` the Cholesky factors of the
+    damped inverses.
+
+    Args:
+        noise: ``E`` ``(..., d_out, d_in')``; inverses ``(d_in', d_in')`` and ``(d_out, d_out)`` (SPD).
+
+    Returns:
+        ``(..., d_out, d_in')``.
+    """
+    lower_a = torch.linalg.cholesky(symmetrise(activation_inverse))
+    lower_g = torch.linalg.cholesky(symmetrise(gradient_inverse))
+    return lower_g @ noise @ lower_a.T
+
+
+def kronecker_vector_posterior_sample(
+    noise: Tensor, activation_vector: Tensor, gradient_vector: Tensor, damping: float
+) -> Tensor:
+    """``ΔW`` with ``Cov(vec ΔW) = ((ā āᵀ) ⊗ (ḡ ḡᵀ) + γI)⁻¹`` (Eva's rank-one curvature), exactly, in
+    ``O(d_out d_in)``.
+
+    With ``u = vec(ḡ āᵀ)`` and ``n = ‖u‖² = ‖ā‖² ‖ḡ‖²``:
+    ``(u uᵀ + γI)^{-1/2} = I/√γ + (1/√(n+γ) − 1/√γ) u uᵀ/n``.
+
+    Args:
+        noise: ``E`` ``(..., d_out, d_in')``; ``activation_vector`` ``(d_in',)``; ``gradient_vector``
+            ``(d_out,)``.
+
+    Returns:
+        ``(..., d_out, d_in')``.
+    """
+    norm = activation_vector.square().sum() * gradient_vector.square().sum()
+    base = damping**-0.5
+    # u uᵀ / n applied to E: ĝ (ĝᵀ E â) âᵀ with unit vectors; a zero vector leaves E isotropic
+    unit_a = activation_vector / activation_vector.norm().clamp_min(torch.finfo(norm.dtype).tiny)
+    unit_g = gradient_vector / gradient_vector.norm().clamp_min(torch.finfo(norm.dtype).tiny)
+    projection = (unit_g @ noise @ unit_a)[..., None, None] * torch.outer(unit_g, unit_a)
+    return noise * base + projection * ((norm + damping).rsqrt() - base)
+
+
 def diagonal_fisher_sample(batch_gradient: Tensor, *, batch_size: int, mean_reduction: bool) -> Tensor:
     """One unbiased sample of a parameter's diagonal Fisher ``E_b[g_b ⊙ g_b]`` from a batch-loss gradient.
 

@@ -94,6 +94,37 @@ class LayerAdapter:
         bias_grad = bias.grad if bias.grad is not None else torch.zeros_like(bias)
         return torch.cat([matrix, bias_grad.reshape(-1, 1)], dim=1)
 
+    def parameter_tensors(self, matrix: Tensor) -> list[Tensor]:
+        """A ``(..., d_out, d_in')`` matrix as tensors shaped like :meth:`parameters` (weight, then a
+        trainable bias), leading dimensions kept."""
+        weight = cast(nn.Parameter, self.module.weight)
+        lead = matrix.shape[:-2]
+        has_bias = self.has_bias
+        weight_part = matrix[..., : matrix.shape[-1] - has_bias].reshape(*lead, *weight.shape)
+        return [weight_part, matrix[..., -1]] if has_bias else [weight_part]
+
+    def grouped_output_delta(self, inputs: Tensor, deltas: Tensor) -> Tensor:
+        """The change of the layer's output when the rows of ``inputs`` form ``K`` contiguous equal groups and
+        group ``k`` sees the weights ``W + deltas[k]`` (the layer is linear in its weights).
+
+        Args:
+            inputs: the layer's input, ``K·R`` rows on its first dimension.
+            deltas: ``(K, d_out, d_in')`` weight perturbations as matrices (bias last column).
+
+        Returns:
+            a tensor shaped like the layer's output.
+        """
+        raise NotImplementedError
+
+    def _check_groups(self, inputs: Tensor, groups: int) -> int:
+        rows = inputs.shape[0] if inputs.dim() > 1 else 1
+        if rows % groups:
+            raise ValueError(
+                f"{type(self.module).__name__}: {rows} input rows do not split into {groups} equal groups of "
+                "rows (one per weight perturbation); pass a batch of groups x rows-per-group rows"
+            )
+        return rows // groups
+
     def write_gradient_matrix(self, matrix: Tensor) -> None:
         """Write a ``(d_out, d_in')`` matrix back into the parameters' ``.grad``."""
         weight = cast(nn.Parameter, self.module.weight)
@@ -138,6 +169,16 @@ class LinearAdapter(LayerAdapter):
     def gradient_rows(self, output_grads: Tensor) -> tuple[Tensor, int, float]:
         examples = 1 if output_grads.dim() == 1 else output_grads.shape[0]
         return output_grads.reshape(-1, output_grads.shape[-1]), examples, 1.0
+
+    def grouped_output_delta(self, inputs: Tensor, deltas: Tensor) -> Tensor:
+        groups = deltas.shape[0]
+        self._check_groups(inputs, groups)
+        tensors = self.parameter_tensors(deltas.to(inputs.dtype))
+        rows = inputs.reshape(groups, -1, inputs.shape[-1])  # (K, R·positions, d_in)
+        delta = rows @ tensors[0].transpose(1, 2)
+        if len(tensors) > 1:
+            delta = delta + tensors[1][:, None, :]
+        return delta.reshape(*inputs.shape[:-1], delta.shape[-1])
 
 
 @register_layer(nn.Conv2d)
@@ -199,6 +240,25 @@ class Conv2dAdapter(LayerAdapter):
         example, position = index // (out_h * out_w), index % (out_h * out_w)
         rows = windows[example, :, position // out_w, position % out_w]  # (keep, C, kh, kw)
         return rows.reshape(keep, -1)
+
+    def grouped_output_delta(self, inputs: Tensor, deltas: Tensor) -> Tensor:
+        unbatched = inputs.dim() == 3
+        batch = inputs.unsqueeze(0) if unbatched else inputs
+        groups = deltas.shape[0]
+        per_group = self._check_groups(batch, groups)
+        tensors = self.parameter_tensors(deltas.to(inputs.dtype))
+        channels, height, width = batch.shape[1:]
+        # a grouped convolution: the K groups of rows side by side as channel groups, one kernel each
+        stacked = batch.reshape(groups, per_group, channels, height, width).transpose(0, 1)
+        stacked = stacked.reshape(per_group, groups * channels, height, width)
+        weight = tensors[0].reshape(groups * tensors[0].shape[1], *tensors[0].shape[2:])
+        bias = tensors[1].reshape(-1) if len(tensors) > 1 else None
+        conv = self.conv
+        out = F.conv2d(stacked, weight, bias, conv.stride, conv.padding, conv.dilation, groups=groups)
+        d_out = tensors[0].shape[1]
+        out = out.reshape(per_group, groups, d_out, *out.shape[2:]).transpose(0, 1)
+        out = out.reshape(groups * per_group, d_out, *out.shape[3:])
+        return out.squeeze(0) if unbatched else out
 
     def gradient_rows(self, output_grads: Tensor) -> tuple[Tensor, int, float]:
         if output_grads.dim() == 3:

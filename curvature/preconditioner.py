@@ -810,6 +810,120 @@ class KFAC:
             group_natural_grad_dots=group_dots[1:],
         )
 
+    # ----------------------------------------------------------------- posterior samples
+    def block_names(self) -> list[str]:
+        """The names of the covered layers (keys of :meth:`sample_weight_perturbations`)."""
+        return [block.name for block in self.blocks]
+
+    @torch.no_grad()
+    def sample_weight_perturbations(
+        self,
+        samples: int,
+        *,
+        scale: float = 1.0,
+        layers: Iterable[str] | None = None,
+        damping: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Independent weight perturbations ``ΔW ~ N(0, scale² (F̂ + γI)⁻¹)`` per layer (noisy natural
+        gradient, Zhang, Sun, Duvenaud & Grosse 2018: the Gaussian the curvature defines around the weights).
+
+        Each approximation samples from the decomposition it already holds (one preconditioning's cost):
+        ``"eigen"`` exactly ``(A ⊗ G + γI)⁻¹``, ``"lowrank"`` its top-k-plus-isotropic factors, ``"eva"`` its
+        rank-one factors, ``"cholesky"`` its factored-damping curvature. A layer with statistics but no
+        decomposition yet is refreshed first; a layer without statistics gets the prior alone (``I / γ``).
+
+        Args:
+            samples: ``K``, the number of independent draws.
+            scale: multiplies every draw (``s·sqrt(λ/N)`` of a tempered posterior).
+            layers: block names to sample (default: all, :meth:`block_names`).
+            damping: the prior precision γ (default: the preconditioner's ``damping``; ``"cholesky"`` only
+                takes that one, which its inverses include).
+            generator: random generator (e.g. one per distributed rank, so the noise differs across ranks).
+
+        Returns:
+            block name -> ``(K, d_out, d_in')`` matrices (bias last column; :meth:`parameter_perturbations`
+            maps them to parameter names).
+        """
+        _check_positive_int("samples", samples)
+        gamma = self.damping if damping is None else _check_positive_number("damping", damping)
+        selected = self.blocks
+        if layers is not None:
+            wanted = set(layers)
+            unknown = sorted(wanted - set(self.block_names()))
+            if unknown:
+                raise ValueError(f"KFAC: no K-FAC block named {unknown}; choose among {self.block_names()}")
+            selected = [block for block in self.blocks if block.name in wanted]
+        perturbations: dict[str, Tensor] = {}
+        for block in selected:
+            approximation = block.approximation
+            if approximation.damping_is_baked_in() and gamma != self.damping:
+                raise ValueError(
+                    f"KFAC: curvature {self.curvature!r} samples with the damping its inverses include "
+                    f"({self.damping}); call without damping= or use curvature='eigen'"
+                )
+            if block.has_factors and not block.has_curvature:
+                block.update_curvature(damping=self.damping)
+            activation_dim, gradient_dim = block.factor_dims()
+            device = block.parameters()[0].device
+            noise = torch.randn(
+                (samples, gradient_dim, activation_dim),
+                generator=generator,
+                device=device,
+                dtype=block.factor_dtype,
+            )
+            perturbations[block.name] = approximation.posterior_sample(noise, gamma).mul_(scale)
+        return perturbations
+
+    def parameter_perturbations(self, perturbations: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Block-name matrices ``(..., d_out, d_in')`` as the model's parameter names -> tensors shaped
+        ``(..., *parameter.shape)`` (e.g. for ``torch.func.functional_call``)."""
+        names = {id(param): name for name, param in self.model.named_parameters()}
+        by_block = {block.name: block for block in self.blocks}
+        result: dict[str, Tensor] = {}
+        for block_name, matrix in perturbations.items():
+            block = by_block[block_name]
+            for param, tensor in zip(block.parameters(), block.layer.parameter_tensors(matrix), strict=True):
+                result[names[id(param)]] = tensor
+        return result
+
+    @contextlib.contextmanager
+    def perturbed_weights(self, perturbations: dict[str, Tensor]) -> Iterator[None]:
+        """Forward passes inside this block run at perturbed weights, per group of rows.
+
+        With ``perturbations`` from :meth:`sample_weight_perturbations` (``K`` draws), a batch of ``K·R`` rows
+        is read as ``K`` contiguous groups of ``R`` rows, and group ``k`` runs every listed layer at
+        ``W + ΔW_k``. The perturbations are constants, so a loss computed inside gives the mean weights ``W``
+        the gradient at the perturbed weights (the reparameterisation of noisy natural gradient). Statistics
+        collected inside describe the perturbed network. A batch that does not split into ``K`` equal groups
+        raises ValueError.
+        """
+        by_block = {block.name: block for block in self.blocks}
+        unknown = sorted(set(perturbations) - set(by_block))
+        if unknown:
+            raise ValueError(f"KFAC: no K-FAC block named {unknown}; choose among {self.block_names()}")
+        counts = {matrix.shape[0] for matrix in perturbations.values()}
+        if len(counts) > 1:
+            raise ValueError(
+                f"KFAC.perturbed_weights: every layer needs the same number of draws, got {sorted(counts)}"
+            )
+
+        def make_hook(block: KFACBlock, deltas: Tensor) -> Callable[..., Tensor]:
+            def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+                return output + block.layer.grouped_output_delta(args[0], deltas)
+
+            return hook
+
+        handles = [
+            by_block[name].module.register_forward_hook(make_hook(by_block[name], matrix.detach()))
+            for name, matrix in perturbations.items()
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Factors, decompositions and counters: loading it gives bit-identical continuation."""

@@ -134,3 +134,52 @@ def test_tasks_trained_to_the_budget_report_the_first_crossing_and_the_final_ret
     ]
     report = format_report(results, ["MinAtar/Breakout-v1"], ["acktr", "ppo"], [0, 1], wall=1.0)
     assert "| MinAtar/Breakout-v1 | 1,000 | ACKTR | 10.00 ± 1.00 | 9.00, 11.00 |" in report
+
+
+# ------------------------------------------------------------------------------------------ exploration
+def test_exploration_tasks_use_each_algorithms_own_entry() -> None:
+    from acktr.bench import exploration
+
+    for env_id in exploration.DEFAULT_ENVS:
+        assert run_config("noisy-acktr", env_id, seed=0).zoo_entry == env_id
+        assert run_config("ppo", env_id, seed=0).zoo_entry == env_id
+    assert run_config("acktr", "MountainCar-v0", 0).zoo_entry == "MountainCar-v0"
+    # ACKTR with its entropy bonus on NoisyACKTR's env settings (the benchmark's default overrides)
+    overrides = exploration.DEFAULT_ACKTR_OVERRIDES["MountainCarContinuous-v0"]
+    acktr = run_config("acktr", "MountainCarContinuous-v0", 0, overrides)
+    noisy = run_config("noisy-acktr", "MountainCarContinuous-v0", 0)
+    assert (acktr.n_envs, acktr.normalize) == (noisy.n_envs, noisy.normalize)
+    assert acktr.hyperparams["ent_coef"] > 0 and noisy.hyperparams["ent_coef"] == 0
+
+
+def test_exploration_watch_records_the_first_goal_and_stops_at_the_solve() -> None:
+    from acktr.bench.exploration import Task, train_and_watch
+
+    th.set_num_threads(1)
+    model = build_model("acktr", "CartPole-v1", seed=0)
+    # every episode "reaches the goal"; a 100-episode mean above 0 is "solved" once 100 episodes ended
+    solved, goal, final = train_and_watch(model, Task(0.0, -1.0, 50_000), budget=50_000, horizon=200_000)
+    assert goal is not None and solved is not None and goal < solved
+    assert len(model.ep_info_buffer) == 100 and final is not None and final > 0
+    assert solved <= model.num_timesteps < solved + model.n_envs * model.n_steps  # stopped at the solve
+    never, _, _ = train_and_watch(
+        build_model("acktr", "CartPole-v1", seed=0), Task(1e9, 1e9, 2_000), budget=2_000, horizon=200_000
+    )
+    assert never is None
+
+
+def test_exploration_report_counts_solved_seeds_and_goals() -> None:
+    from acktr.bench.exploration import RunResult, RunSpec, format_report
+
+    spec = RunSpec("noisy-acktr", "MountainCar-v0", 0, 300_000)
+    results = [
+        RunResult(spec, 120_000, 40_000, -109.0, 10.0, 0.01, 0.012),
+        RunResult(
+            RunSpec("noisy-acktr", "MountainCar-v0", 1, 300_000), None, 90_000, -150.0, 10.0, 0.02, 0.01
+        ),
+        RunResult(RunSpec("ppo", "MountainCar-v0", 0, 300_000), None, None, -200.0, 10.0),
+    ]
+    report = format_report(results, ["MountainCar-v0"], ["noisy-acktr", "ppo"], [0, 1], 60.0)
+    assert "| MountainCar-v0 | -110 | noisy-acktr | 1/2 | 120, — | 2/2 | 40, 90 | -129.5 |" in report
+    assert "| MountainCar-v0 | -110 | ppo | 0/1 | — | 0/1 | — | -200.0 |" in report
+    assert "| MountainCar-v0 | 1 | 0.02 | 0.01 |" in report

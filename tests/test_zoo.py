@@ -148,9 +148,10 @@ def test_build_agent_kwargs_makes_schedules_and_activations() -> None:
 def test_algorithm_registry() -> None:
     """One table: the CLI choices, the public API, rl-zoo3 names and zoo files all come from it."""
     import acktr
-    from acktr.agents import ACKTR
+    from acktr.agents import ACKTR, NoisyACKTR
 
     assert algorithm_class("acktr") is ACKTR
+    assert algorithm_class("noisy-acktr") is algorithm_class("noisy_acktr") is NoisyACKTR
     assert algorithm_class("ppo").__name__ == "PPO"
     assert algorithm_class("npg") is acktr.NPG and algorithm_class("trpo").__name__ == "TRPO"
     with pytest.raises(UserError, match="unknown algorithm"):
@@ -161,10 +162,19 @@ def test_algorithm_registry() -> None:
         assert get_algorithm(spec.rl_zoo_name) is spec  # rl-zoo3 spelling resolves to the same entry
         if spec.ours:
             assert getattr(acktr, spec.class_name) is spec.load()  # exported by the public API
-    # an agent that has not landed is absent everywhere, not listed and refused
-    for name in ("noisy-acktr", "noisy_acktr"):
-        with pytest.raises(UserError, match="unknown algorithm"):
-            get_algorithm(name)
+    # a name no agent has is refused with the list of choices
+    with pytest.raises(UserError, match="unknown algorithm 'noisy-ppo'; choose one of acktr"):
+        get_algorithm("noisy-ppo")
+
+
+def test_an_agent_forwarding_kwargs_takes_its_base_agents_keywords() -> None:
+    """NoisyACKTR(**kwargs) forwards to ACKTR: -p accepts and type-checks both agents' keywords."""
+    result = apply_overrides("noisy-acktr", {}, ["kl_clip=0.05", "noise_target_kl=0.1", "n_steps=10"])
+    assert result == {"kl_clip": 0.05, "noise_target_kl": 0.1, "n_steps": 10}
+    with pytest.raises(UserError, match="kl_clip"):
+        apply_overrides("noisy-acktr", {}, ["kl_clip=big"])
+    with pytest.raises(UserError, match="unknown hyperparameter"):
+        apply_overrides("noisy-acktr", {}, ["noise_targt_kl=0.1"])
 
 
 def test_rl_zoo_notation_is_parsed_without_evaluating_code() -> None:

@@ -22,6 +22,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "acktr.bench.sample_efficiency",
         "env steps to reach a return threshold: ACKTR vs SB3 A2C and PPO",
     ),
+    "exploration": (
+        "acktr.bench.exploration",
+        "fraction of seeds solving sparse-reward tasks: NoisyACKTR vs ACKTR vs SB3 PPO",
+    ),
 }
 
 
