@@ -341,6 +341,22 @@ def truncate_tensorboard(folder: Path, max_step: int) -> int:
     return removed
 
 
+def wait_for_later_event_file_name(folder: Path) -> None:
+    """Sleep (at most a second) until a new event file would be named after every one in ``folder``.
+
+    Event files are named ``events.out.tfevents.<unix second>.<host>.<pid>...`` and read in name order: a
+    resumed run starting within the same second as the killed one (a lower pid) would otherwise sort first,
+    and its steps would appear before the earlier ones."""
+    seconds = [
+        int(match.group(1))
+        for path in event_files(folder)
+        if (match := re.match(r"events\.out\.tfevents\.(\d+)\.", path.name))
+    ]
+    if seconds:
+        while time.time() < max(seconds) + 1:
+            time.sleep(0.02)
+
+
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """Tag -> [(step, value)] of every scalar in the event files under ``folder`` (in file order)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader

@@ -59,6 +59,7 @@ from acktr.runs import (
     save_checkpoint,
     truncate_monitor,
     truncate_tensorboard,
+    wait_for_later_event_file_name,
 )
 
 
@@ -191,6 +192,7 @@ def _resume(options: TrainOptions) -> TrainResult:
     set_threads(config, options.threads)
     truncate_monitor(paths.monitor, step)
     truncate_tensorboard(paths.tb, step)
+    wait_for_later_event_file_name(paths.tb)
     if model_file is None:  # stopped before its first checkpoint: start over with the same configuration
         say(f"{paths.root} has no checkpoint yet; restarting it from step 0 with its config.yml")
         venv0, model0 = build_run(config)

@@ -396,3 +396,22 @@ def test_same_seed_on_cpu_gives_identical_parameters_and_learning_curves(tmp_pat
     assert {tag: v for tag, v in scalars_a.items() if not tag.startswith("time/")} == {
         tag: v for tag, v in scalars_b.items() if not tag.startswith("time/")
     }
+
+
+def test_a_resumed_runs_event_file_sorts_after_the_killed_ones(tmp_path: Path) -> None:
+    """Found by the SIGKILL test in the full suite: a resume within the same second as the killed process
+    (whose pid was higher) wrote an event file that sorted first, so its steps came before the older ones."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from acktr.runs import wait_for_later_event_file_name
+
+    now = int(time.time())
+    killed = tmp_path / f"events.out.tfevents.{now}.host.99999999.0"
+    killed.write_bytes(b"")
+    wait_for_later_event_file_name(tmp_path)
+    assert time.time() >= now + 1
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_scalar("x", 1.0, 1)
+    writer.close()
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert len(names) == 2 and names[0] == killed.name
