@@ -8,6 +8,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
+from acktr import interrupts
 from acktr.progress import Progress
 from acktr.runs import MonitorLog, RunPaths, atomic_save_model, atomic_save_vecnormalize, save_checkpoint
 
@@ -76,6 +77,9 @@ class RunCallback(BaseCallback):
                 self.recent_returns.append(float(episode["r"]))
         self.progress.update(self.num_timesteps, self.mean_return())
         if self.interrupt_at is not None and self.num_timesteps >= self.interrupt_at:
+            self.interrupted = True
+            return False
+        if interrupts.requested() is not None:  # SIGINT/SIGTERM: stop here, between two env steps
             self.interrupted = True
             return False
         return True

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from acktr import __version__
 from acktr.algorithms import ALGORITHMS, algorithm_names
@@ -28,9 +29,19 @@ def _count(text: str) -> int:
         value = float(text.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value != int(value):
+    # int() of inf raises OverflowError, of nan ValueError
+    if not math.isfinite(value) or value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(value)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``acktr train: error: ...; see acktr train --help``), exit 2,
+    instead of the usage block followed by the error."""
+
+    def error(self, message: str) -> NoReturn:
+        _error_line_for(self.prog, f"{message}; see {self.prog} --help")
+        raise SystemExit(EXIT_USER_ERROR)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -144,7 +155,7 @@ def _add_model_target(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="acktr",
         description="Natural-gradient (K-FAC) reinforcement learning: train, evaluate and benchmark agents.",
     )
@@ -244,8 +255,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error_line(command: str, message: str) -> None:
+    _error_line_for(f"acktr {command}", message)
+
+
+def _error_line_for(prog: str, message: str) -> None:
+    # one line even when the message quotes a value with a newline in it
+    text = " ".join(f"{prog}: error: {message}".split("\n"))
     with contextlib.suppress(OSError):  # stderr closed as well: nothing left to tell
-        print(f"acktr {command}: error: {message}", file=sys.stderr, flush=True)
+        print(text, file=sys.stderr, flush=True)
 
 
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
@@ -275,6 +292,15 @@ FIXED_ON_RESUME = {
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    from acktr.interrupts import deferred_interrupts
+
+    # SIGINT/SIGTERM from here on stop training at the next env step (a resumable run, one line);
+    # a second one stops at once
+    with deferred_interrupts():
+        return _train_deferred(args, argv)
+
+
+def _train_deferred(args: argparse.Namespace, argv: list[str]) -> int:
     from acktr.train import TrainOptions, command_line, train
 
     if args.resume is not None:

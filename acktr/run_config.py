@@ -231,7 +231,16 @@ def _check_kfac_kwargs(hyperparams: dict[str, Any], agent_keywords: list[str]) -
 
     owned = ("self", "model", "lr", "trust_region_groups", "modules", "warn_unsupported", *agent_keywords)
     allowed = [name for name in inspect.signature(KFAC.__init__).parameters if name not in owned]
+    allowed.append("max_consecutive_skips")  # read by the KFACOptimizer that holds the KFAC
     check_nested_keys("kfac_kwargs", kfac_kwargs, allowed)
+
+
+# Seeds above the run's own: evaluation envs (seed + 10,000 + i) and resumed runs' envs (seed + step).
+EVAL_SEED_SPAN = 2**28
+
+# More copies than any backend here vectorises usefully (torch CartPole peaks near 4,096); a typo such as
+# --n-envs 1e9 would otherwise exhaust memory before any check sees the observation size.
+MAX_N_ENVS = 1 << 20
 
 
 def _positive_int(name: str, value: Any, flag: str) -> int:
@@ -269,6 +278,10 @@ def resolve_config(options: TrainOptions) -> RunConfig:
         "--timesteps",
     )
     n_envs = _positive_int("n_envs", options.n_envs if options.n_envs is not None else zoo_n_envs, "--n-envs")
+    if n_envs > MAX_N_ENVS:
+        raise UserError(
+            f"--n-envs {n_envs:,} is more than {MAX_N_ENVS:,} env copies; pass a smaller --n-envs"
+        )
     policy = hyperparams.pop("policy", "CnnPolicy" if atari else None)
     normalize = normalize_keywords(hyperparams.pop("normalize", None))
     frame_stack = hyperparams.pop("frame_stack", None)
@@ -282,6 +295,8 @@ def resolve_config(options: TrainOptions) -> RunConfig:
             if ok:
                 hyperparams[name] = value
     seed = options.seed if options.seed is not None else random.randrange(2**31)
+    if not 0 <= seed < 2**32 - EVAL_SEED_SPAN:  # numpy seeds are 32-bit; eval envs use seed + 10,000 + i
+        raise UserError(f"--seed must be a whole number in [0, {2**32 - EVAL_SEED_SPAN:,}), got {seed}")
     eval_freq = 0 if options.eval_freq is None else options.eval_freq
     eval_episodes = 10 if options.eval_episodes is None else options.eval_episodes
     if eval_freq < 0 or eval_episodes < 0:

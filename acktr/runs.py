@@ -102,6 +102,34 @@ def next_run_dir(root: str | os.PathLike[str], algo: str, env_id: str) -> Path:
     return parent / f"{name}_{max(existing, default=0) + 1}"
 
 
+def claim_run_dir(root: str | os.PathLike[str], algo: str, env_id: str) -> Path:
+    """Create and return a new ``<root>/<algo>/<Env>_<N>`` (see :func:`next_run_dir`).
+
+    ``mkdir`` without ``exist_ok`` is atomic: of several processes started at once into the same parent,
+    exactly one creates each folder, and the others move on to the next N.
+    """
+    for _ in range(10_000):
+        candidate = next_run_dir(root, algo, env_id)
+        candidate.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue  # another run claimed it between the listing and the mkdir
+        return candidate
+    raise UserError(f"cannot create a new run folder under {Path(root) / algo}; pass --run-dir")
+
+
+def remove_stale_temporaries(root: Path) -> int:
+    """Delete the temporary files of atomic writes that a killed process left in ``root`` (and below);
+    returns how many. Only call it while no process writes into ``root``."""
+    removed = 0
+    for path in root.rglob(".*.tmp*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 # ------------------------------------------------------------------------------------------ atomic writes
 
 
@@ -268,7 +296,10 @@ def truncate_monitor(path: Path, max_step: int) -> int:
     if not path.is_file():
         return 0
     header = read_monitor_header(path)
-    rows = [row for row in read_monitor(path) if row.get("step", 0.0) <= max_step]
+    # a row without all four fields is a line cut short by a killed process: it is dropped
+    rows = [
+        row for row in read_monitor(path) if set(MONITOR_FIELDS) <= row.keys() and row["step"] <= max_step
+    ]
     lines = [f"#{json.dumps(header)}", ",".join(MONITOR_FIELDS)]
     lines += [f"{row['r']:.6g},{int(row['l'])},{row['t']:.6f},{int(row['step'])}" for row in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -308,6 +339,22 @@ def truncate_tensorboard(folder: Path, max_step: int) -> int:
 
         _atomic(path, write)
     return removed
+
+
+def wait_for_later_event_file_name(folder: Path) -> None:
+    """Sleep (at most a second) until a new event file would be named after every one in ``folder``.
+
+    Event files are named ``events.out.tfevents.<unix second>.<host>.<pid>...`` and read in name order: a
+    resumed run starting within the same second as the killed one (a lower pid) would otherwise sort first,
+    and its steps would appear before the earlier ones."""
+    seconds = [
+        int(match.group(1))
+        for path in event_files(folder)
+        if (match := re.match(r"events\.out\.tfevents\.(\d+)\.", path.name))
+    ]
+    if seconds:
+        while time.time() < max(seconds) + 1:
+            time.sleep(0.02)
 
 
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:

@@ -18,6 +18,7 @@ callbacks (:mod:`acktr.callbacks`) and the run folder (:mod:`acktr.runs`) live b
 from __future__ import annotations
 
 import collections
+import contextlib
 import shlex
 import sys
 import time
@@ -29,8 +30,10 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalC
 from stable_baselines3.common.logger import Logger, configure
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from acktr import interrupts
+from acktr.agents.optim import NonFiniteUpdateError
 from acktr.callbacks import RunCallback, SaveBestCallback
-from acktr.errors import UserError
+from acktr.errors import NonFiniteEnvError, UserError
 from acktr.evaluate import evaluate_model
 from acktr.factory import (
     EVAL_SEED_OFFSET,
@@ -48,13 +51,15 @@ from acktr.runs import (
     atomic_save_model,
     atomic_save_vecnormalize,
     atomic_write_yaml,
+    claim_run_dir,
     latest_checkpoint,
-    next_run_dir,
     read_monitor,
     read_yaml,
+    remove_stale_temporaries,
     save_checkpoint,
     truncate_monitor,
     truncate_tensorboard,
+    wait_for_later_event_file_name,
 )
 
 
@@ -76,12 +81,17 @@ def train(options: TrainOptions) -> TrainResult:
     config = resolve_config(options)
     run_dir = _new_run_dir(options, config)
     paths = RunPaths(run_dir)
-    venv, model = build_run(config)  # also decides config.policy from the observation space
-    set_threads(config, options.threads)
     try:
+        venv, model = build_run(config)  # also decides config.policy from the observation space
+    except BaseException:
+        _remove_if_empty(run_dir)  # a claimed folder that never became a run
+        raise
+    try:
+        set_threads(config, options.threads)
         atomic_write_yaml(paths.config, config.to_dict())
     except BaseException:
         venv.close()
+        _remove_if_empty(run_dir)
         raise
     say(
         f"run folder: {run_dir}  ({config.algo} on {config.env_id}, {config.policy}, zoo entry "
@@ -90,9 +100,14 @@ def train(options: TrainOptions) -> TrainResult:
     return _learn(model, venv, config, paths, options, start=0)
 
 
+def _remove_if_empty(run_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only succeeds when empty
+
+
 def _new_run_dir(options: TrainOptions, config: RunConfig) -> Path:
     if options.run_dir is None:
-        return next_run_dir(options.runs_root, config.algo, config.env_id)
+        return claim_run_dir(options.runs_root, config.algo, config.env_id)
     run_dir = Path(options.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is an existing file; pass a folder path")
@@ -153,6 +168,7 @@ def _apply_resume_changes(config: RunConfig, options: TrainOptions, step: int) -
 def _resume(options: TrainOptions) -> TrainResult:
     paths = RunPaths(Path(str(options.resume)))
     config = read_run_config(paths)
+    remove_stale_temporaries(paths.root)  # left by a process killed in the middle of an atomic write
     finished = paths.model.is_file()  # model.zip is written only when a run completes
     checkpoint = None if finished else latest_checkpoint(paths)
     if finished:
@@ -176,12 +192,13 @@ def _resume(options: TrainOptions) -> TrainResult:
     set_threads(config, options.threads)
     truncate_monitor(paths.monitor, step)
     truncate_tensorboard(paths.tb, step)
+    wait_for_later_event_file_name(paths.tb)
     if model_file is None:  # stopped before its first checkpoint: start over with the same configuration
         say(f"{paths.root} has no checkpoint yet; restarting it from step 0 with its config.yml")
         venv0, model0 = build_run(config)
         atomic_write_yaml(paths.config, config.to_dict())
         return _learn(model0, venv0, config, paths, options, start=0)
-    venv: VecEnv = make_run_env(config, seed=config.seed + step, training=True)
+    venv: VecEnv = make_run_env(config, seed=config.seed + step, training=True, start_step=step)
     if stats_file is not None:
         venv = VecNormalize.load(str(stats_file), venv)
         venv.training = True
@@ -266,6 +283,7 @@ def _learn(
     rollout = config.n_envs * int(getattr(model, "n_steps", 1))
     log_interval = max(1, total // rollout // 100)  # about 100 TensorBoard points per run
     started = time.perf_counter()
+    failure: Exception | None = None
     try:
         model.learn(
             total_timesteps=total - start,
@@ -276,6 +294,8 @@ def _learn(
         )
     except KeyboardInterrupt:
         run_callback.interrupted = True
+    except (NonFiniteEnvError, NonFiniteUpdateError) as error:
+        failure = error
     finally:
         progress.close()
         monitor.close()
@@ -285,16 +305,21 @@ def _learn(
     seconds = time.perf_counter() - started
     steps = int(model.num_timesteps)
     train_mean = run_callback.mean_return()
+    if failure is not None:
+        venv.close()
+        raise _stopped_error(failure, paths, steps) from None
     if run_callback.interrupted:
         venv.close()
         checkpoint = latest_checkpoint(paths)
         where = f"from step {checkpoint['step']:,}" if checkpoint else "from step 0 (no checkpoint yet)"
-        say(f"interrupted at step {steps:,}; resume {where} with: acktr train --resume {paths.root}")
+        by = f" by {interrupts.requested()}" if interrupts.requested() else ""
+        say(f"interrupted{by} at step {steps:,}; resume {where} with: acktr train --resume {paths.root}")
         return TrainResult(paths.root, steps, seconds, train_mean, interrupted=True)
     atomic_save_model(model, paths.model)
     if vecnormalize is not None:
         atomic_save_vecnormalize(vecnormalize, paths.vecnormalize)
     venv.close()
+    interrupts.stop_deferring()  # the model is saved: a signal now ends the process at once
     speed = (steps - start) / seconds if seconds > 0 else 0.0
     mean_text = "n/a" if train_mean is None else f"{train_mean:.1f}"
     say(
@@ -313,6 +338,18 @@ def _learn(
         )
     say(f"saved {paths.model}; TensorBoard: tensorboard --logdir {paths.root.parent}")
     return result
+
+
+def _stopped_error(failure: Exception, paths: RunPaths, steps: int) -> UserError:
+    """The one-line error of a run stopped by non-finite numbers, naming its last good checkpoint."""
+    checkpoint = latest_checkpoint(paths)
+    kept = (
+        f"the last good checkpoint ({checkpoint['model']}, step {checkpoint['step']:,}) is intact"
+        if checkpoint
+        else "no checkpoint was written yet"
+    )
+    error_type = NonFiniteEnvError if isinstance(failure, NonFiniteEnvError) else UserError
+    return error_type(f"training stopped at step {steps:,}: {failure}; {kept}")
 
 
 def command_line(argv: list[str]) -> str:

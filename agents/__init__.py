@@ -5,7 +5,7 @@ from acktr.agents.acktr import ACKTR
 from acktr.agents.extractors import MinAtarCNN
 from acktr.agents.noisy_acktr import NoisyACKTR
 from acktr.agents.npg import NPG
-from acktr.agents.optim import KFACOptimizer
+from acktr.agents.optim import KFACOptimizer, NonFiniteUpdateError
 from acktr.agents.policies import (
     KFACActorCriticCnnPolicy,
     KFACActorCriticPolicy,
@@ -21,4 +21,5 @@ __all__ = [
     "KFACOptimizer",
     "MinAtarCNN",
     "NoisyACKTR",
+    "NonFiniteUpdateError",
 ]

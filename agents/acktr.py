@@ -723,6 +723,7 @@ class ACKTR(OnPolicyAlgorithm):
             self.logger.record("train/vf_step_scale", vf_scale)
         self.logger.record("train/damping", float(kfac.damping))
         self.logger.record("train/eigh_failures", 0 if info is None else int(info.eigh_failures))
+        self.logger.record("train/skipped_updates", optimizer.skipped_updates)
         self.logger.record("train/cold_start", int(cold))
         # curvature time: the Fisher backward with its statistics and the preconditioned step
         curvature_ms = phases.get("fisher_backward", 0.0) + (0.0 if cold else phases["step"])

@@ -14,16 +14,42 @@ Update rule (OpenAI baselines' ACKTR), with η the group learning rate and m the
   ``buf ← m·buf + u``, ``θ ← θ − η(1−m)·buf``. The momentum buffer is reset when the K-FAC phase starts, as
   baselines used a separate optimizer for the cold phase. With lr η(1−m) the steady-state step of a
   constant direction is η·u, so η keeps the meaning it has in the trust region.
+
+Non-finite updates: a step whose loss (when a closure gives one) or final update direction (the
+preconditioned, trust-region-scaled gradient, or the plain gradient when cold) holds a NaN or inf is
+skipped: no parameter, momentum buffer or step counter changes, and ``skipped_updates`` counts it. After
+``max_consecutive_skips`` skips in a row (default :data:`DEFAULT_MAX_CONSECUTIVE_SKIPS`) ``step`` raises
+:class:`NonFiniteUpdateError`: the parameters are still those of the last good update.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch as th
 from torch import nn
+
+# Consecutive non-finite updates tolerated before training stops: a transient fault (one NaN batch) is
+# skipped, a persistent one (a diverged loss, broken rewards) stops the run within a few seconds of updates.
+DEFAULT_MAX_CONSECUTIVE_SKIPS = 10
+
+
+class NonFiniteUpdateError(FloatingPointError):
+    """``max_consecutive_skips`` updates in a row had a non-finite loss or update direction."""
+
+
+def updates_are_finite(gradients: Sequence[th.Tensor], loss: float | None = None) -> bool:
+    """Whether ``loss`` (if given) and every gradient tensor are free of NaN/inf (one host sync)."""
+    if loss is not None and not math.isfinite(loss):
+        return False
+    if not gradients:
+        return True
+    # a sum is non-finite iff an entry is (or it overflows float range, which no usable update does): one
+    # reduction per tensor and one host sync, no boolean copies
+    return bool(th.isfinite(th.stack([gradient.sum(dtype=th.float32) for gradient in gradients]).sum()))
 
 
 class KFACOptimizer(th.optim.Optimizer):
@@ -44,6 +70,8 @@ class KFACOptimizer(th.optim.Optimizer):
     :param named_trust_region_groups: ``[(parameter names, kl_clip), ...]``: separate trust regions, passed to
         ``KFAC(trust_region_groups=...)`` once the preconditioner is built (names, not tensors, so the
         optimizer survives ``.to(device)`` and holds nothing unpicklable); other parameters use ``kl_clip``.
+    :param max_consecutive_skips: non-finite updates in a row after which ``step`` raises
+        :class:`NonFiniteUpdateError` (each one is skipped and counted in ``skipped_updates``).
     :param kfac_kwargs: passed to ``acktr.curvature.KFAC`` (``kl_clip``, ``damping``, ``factor_decay``,
         ``update_inverses_every``, ``inverse_method``, ...).
     """
@@ -57,10 +85,17 @@ class KFACOptimizer(th.optim.Optimizer):
         cold_iter: int = 0,
         cold_lr: float | None = None,
         named_trust_region_groups: Sequence[tuple[Sequence[str], float | None]] = (),
+        max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS,
         **kfac_kwargs: Any,
     ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if (
+            isinstance(max_consecutive_skips, bool)
+            or not isinstance(max_consecutive_skips, int)
+            or max_consecutive_skips < 1
+        ):
+            raise ValueError(f"max_consecutive_skips must be an int >= 1, got {max_consecutive_skips!r}")
         if isinstance(cold_iter, bool) or not isinstance(cold_iter, int) or cold_iter < 0:
             raise ValueError(f"cold_iter must be an int >= 0, got {cold_iter!r}")
         by_name = dict(model.named_parameters())
@@ -86,6 +121,9 @@ class KFACOptimizer(th.optim.Optimizer):
         self.cold_lr = cold_lr
         self.kfac_kwargs = kfac_kwargs
         self.steps_taken = 0
+        self.max_consecutive_skips = max_consecutive_skips
+        self.skipped_updates = 0  # non-finite updates skipped over the whole run
+        self.consecutive_skips = 0
         self.last_info: Any = None  # acktr.curvature.PreconditionInfo of the last K-FAC step, None when cold
         self._kfac: Any = None
 
@@ -160,7 +198,8 @@ class KFACOptimizer(th.optim.Optimizer):
         return self.steps_taken < self._cold_iter
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Precondition ``p.grad`` in place (unless cold) and take one momentum step."""
+        """Precondition ``p.grad`` in place (unless cold) and take one momentum step; skip it (and count it)
+        if the loss or the update direction is not finite (see the module docstring)."""
         loss = None
         if closure is not None:
             with th.enable_grad():
@@ -174,6 +213,12 @@ class KFACOptimizer(th.optim.Optimizer):
             # param_groups[1 + i] is trust-region group i (see __init__)
             group_lrs = [group["lr"] for group in self.param_groups[1:]] or None
             self.last_info = self.kfac.precondition(lr=self.param_groups[0]["lr"], group_lrs=group_lrs)
+        # the update direction as it will be applied (whatever produced it), not a proxy such as Σ⟨Δ, g⟩
+        gradients = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not updates_are_finite(gradients, None if loss is None else float(loss)):
+            self._skip_update()
+            return loss
+        self.consecutive_skips = 0
         with th.no_grad():
             for group in self.param_groups:
                 momentum = group["momentum"]
@@ -193,6 +238,17 @@ class KFACOptimizer(th.optim.Optimizer):
         self.steps_taken += 1
         return loss
 
+    def _skip_update(self) -> None:
+        self.skipped_updates += 1
+        self.consecutive_skips += 1
+        if self.consecutive_skips >= self.max_consecutive_skips:
+            raise NonFiniteUpdateError(
+                f"{self.consecutive_skips} consecutive updates had a non-finite (NaN/inf) loss or update "
+                f"direction and were skipped ({self.skipped_updates} skipped in all); the parameters are "
+                "those of the last good update: lower the learning rate or kl_clip, or check the scale of "
+                "the rewards and observations (e.g. -p normalize=true)"
+            )
+
     def step_snapshot(self, group: int = 0) -> list[th.Tensor]:
         """Copies of ``param_groups[group]``'s parameters, for :meth:`rescale_step` after the next step."""
         return [param.detach().clone() for param in self.param_groups[group]["params"]]
@@ -211,16 +267,21 @@ class KFACOptimizer(th.optim.Optimizer):
                 buffer.mul_(scale)
 
     def state_dict(self) -> dict[str, Any]:
-        """Momentum buffers and param groups (torch format) plus ``"kfac"`` and ``"steps_taken"``."""
+        """Momentum buffers and param groups (torch format) plus ``"kfac"``, ``"steps_taken"`` and the
+        skip counters."""
         state = super().state_dict()
         state["kfac"] = self.kfac.state_dict()
         state["steps_taken"] = self.steps_taken
+        state["skipped_updates"] = self.skipped_updates
+        state["consecutive_skips"] = self.consecutive_skips
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         kfac_state = state_dict.pop("kfac", None)
         steps_taken = state_dict.pop("steps_taken", None)
+        self.skipped_updates = int(state_dict.pop("skipped_updates", 0))
+        self.consecutive_skips = int(state_dict.pop("consecutive_skips", 0))
         super().load_state_dict(state_dict)
         if kfac_state is not None:
             self.kfac.load_state_dict(kfac_state)

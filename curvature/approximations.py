@@ -111,6 +111,7 @@ class CurvatureApproximation:
         self.dtype = dtype
         self.statistics_updates = 0
         self.decomposition_failures = 0
+        self.consecutive_failures = 0  # refreshes failed in a row (reset by a success or by reset_statistics)
         self.finite_updates: Tensor | None = None
         self.reset_pending()
 
@@ -131,7 +132,7 @@ class CurvatureApproximation:
     def running(self) -> tuple[Tensor | None, Tensor | None]:
         raise NotImplementedError
 
-    def set_running(self, activation: Tensor, gradient: Tensor) -> None:
+    def set_running(self, activation: Tensor | None, gradient: Tensor | None) -> None:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ running averages (shared)
@@ -172,8 +173,41 @@ class CurvatureApproximation:
         """Whether :meth:`precondition` has what it needs (else it returns the gradient unchanged)."""
         raise NotImplementedError
 
-    def refresh(self, damping: float) -> None:
-        """Recompute decompositions from the running statistics; on failure keep the old ones and count."""
+    def refresh(self, damping: float) -> bool:
+        """Recompute decompositions from the running statistics; returns whether that succeeded.
+
+        A failure (non-finite running statistics, a decomposition that raises or fails in float32 and in
+        float64) keeps the previous decompositions and is counted in ``decomposition_failures`` and
+        ``consecutive_failures``; the caller decides when a factor that stays broken is reset
+        (:meth:`reset_statistics`). One host sync per refresh (refreshes are amortised).
+        """
+        activation, gradient = self.running()
+        if activation is None or gradient is None:
+            return True
+        succeeded = False
+        if bool(torch.isfinite(activation).all()) and bool(torch.isfinite(gradient).all()):
+            try:
+                succeeded = self._decompose(damping)
+            except RuntimeError:  # e.g. a LinAlgError the numerical helpers did not catch
+                succeeded = False
+        if succeeded:
+            self.consecutive_failures = 0
+        else:
+            self.decomposition_failures += 1
+            self.consecutive_failures += 1
+        return succeeded
+
+    def _decompose(self, damping: float) -> bool:
+        """Decompositions from finite running statistics; False (state unchanged) when they fail."""
+        return True
+
+    def reset_statistics(self) -> None:
+        """Forget the running statistics: the next batches rebuild them from scratch (plain averaging over
+        ``cold_iter`` batches again). Decompositions from the last successful refresh stay in use until the
+        rebuilt statistics are decomposed."""
+        self.set_running(None, None)
+        self.finite_updates = None
+        self.consecutive_failures = 0
 
     def clear_curvature(self) -> None:
         """Drop decompositions: the next step recomputes them (e.g. after damping baked into them changed)."""
@@ -205,6 +239,7 @@ class CurvatureApproximation:
         state["finite_updates"] = self.finite_updates
         state["statistics_updates"] = self.statistics_updates
         state["decomposition_failures"] = self.decomposition_failures
+        state["consecutive_failures"] = self.consecutive_failures
         state["curvature"] = self.name
         return state
 
@@ -221,6 +256,7 @@ class CurvatureApproximation:
         self.finite_updates = to_device(finite_updates)
         self.statistics_updates = int(state["statistics_updates"])
         self.decomposition_failures = int(state["decomposition_failures"])
+        self.consecutive_failures = int(state.get("consecutive_failures", 0))
         self.reset_pending()
 
 
@@ -321,7 +357,7 @@ class KroneckerFactors(CurvatureApproximation):
     def running(self) -> tuple[Tensor | None, Tensor | None]:
         return self.activation_factor, self.gradient_factor
 
-    def set_running(self, activation: Tensor, gradient: Tensor) -> None:
+    def set_running(self, activation: Tensor | None, gradient: Tensor | None) -> None:
         self.activation_factor, self.gradient_factor = activation, gradient
 
 
@@ -339,15 +375,14 @@ class EigenKFAC(KroneckerFactors):
     def has_curvature(self) -> bool:
         return self.activation_eigen is not None and self.gradient_eigen is not None
 
-    def refresh(self, damping: float) -> None:
-        if self.activation_factor is None or self.gradient_factor is None:
-            return
+    def _decompose(self, damping: float) -> bool:
+        assert self.activation_factor is not None and self.gradient_factor is not None
         activation_eigen = kfac_math.safe_eigh(self.activation_factor)
         gradient_eigen = kfac_math.safe_eigh(self.gradient_factor)
         if activation_eigen is None or gradient_eigen is None:
-            self.decomposition_failures += 1
-            return
+            return False
         self.activation_eigen, self.gradient_eigen = activation_eigen, gradient_eigen
+        return True
 
     def clear_curvature(self) -> None:
         self.activation_eigen = self.gradient_eigen = None
@@ -400,17 +435,16 @@ class CholeskyKFAC(KroneckerFactors):
     def damping_is_baked_in(self) -> bool:
         return True
 
-    def refresh(self, damping: float) -> None:
-        if self.activation_factor is None or self.gradient_factor is None:
-            return
+    def _decompose(self, damping: float) -> bool:
+        assert self.activation_factor is not None and self.gradient_factor is not None
         pi = kfac_math.factored_damping_pi(self.activation_factor, self.gradient_factor)
         sqrt_damping = damping**0.5
         activation_inverse = kfac_math.safe_damped_inverse(self.activation_factor, pi * sqrt_damping)
         gradient_inverse = kfac_math.safe_damped_inverse(self.gradient_factor, sqrt_damping / pi)
         if activation_inverse is None or gradient_inverse is None:
-            self.decomposition_failures += 1
-            return
+            return False
         self.activation_inverse, self.gradient_inverse = activation_inverse, gradient_inverse
+        return True
 
     def clear_curvature(self) -> None:
         self.activation_inverse = self.gradient_inverse = None
@@ -448,15 +482,14 @@ class LowRankKFAC(KroneckerFactors):
     def has_curvature(self) -> bool:
         return self.activation_lowrank is not None and self.gradient_lowrank is not None
 
-    def refresh(self, damping: float) -> None:
-        if self.activation_factor is None or self.gradient_factor is None:
-            return
+    def _decompose(self, damping: float) -> bool:
+        assert self.activation_factor is not None and self.gradient_factor is not None
         activation = kfac_math.low_rank_eigh(self.activation_factor, self.rank)
         gradient = kfac_math.low_rank_eigh(self.gradient_factor, self.rank)
         if activation is None or gradient is None:
-            self.decomposition_failures += 1
-            return
+            return False
         self.activation_lowrank, self.gradient_lowrank = activation, gradient
+        return True
 
     def clear_curvature(self) -> None:
         self.activation_lowrank = self.gradient_lowrank = None
@@ -537,7 +570,7 @@ class KroneckerVectors(CurvatureApproximation):
     def running(self) -> tuple[Tensor | None, Tensor | None]:
         return self.activation_vector, self.gradient_vector
 
-    def set_running(self, activation: Tensor, gradient: Tensor) -> None:
+    def set_running(self, activation: Tensor | None, gradient: Tensor | None) -> None:
         self.activation_vector, self.gradient_vector = activation, gradient
 
     @property

@@ -90,14 +90,21 @@ class KFACBlock:
     def clear_curvature(self) -> None:
         self.approximation.clear_curvature()
 
-    def update_curvature(self, *, damping: float) -> None:
-        """Refresh the decompositions; on failure the previous ones are kept and counted."""
-        self.approximation.refresh(damping)
+    def update_curvature(self, *, damping: float) -> bool:
+        """Refresh the decompositions; on failure the previous ones are kept and counted. Returns success."""
+        return self.approximation.refresh(damping)
 
     def natural_gradient(self, grad_matrix: Tensor, *, damping: float) -> Tensor:
         """The approximation's damped natural gradient ``(d_out, d_in')`` (the gradient itself before the
-        first successful refresh)."""
-        return self.approximation.precondition(grad_matrix, damping)
+        first successful refresh).
+
+        A non-finite result from a finite gradient (broken curvature, e.g. overflowing statistics) falls back
+        to the gradient itself, without a host sync; the trust region still bounds that step. A non-finite
+        gradient stays non-finite, so the optimizer can skip the update.
+        """
+        direction = self.approximation.precondition(grad_matrix, damping)
+        # a sum is non-finite iff some entry is (or it overflows, when the direction is useless anyway)
+        return torch.where(torch.isfinite(direction.sum()), direction, grad_matrix.to(direction.dtype))
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

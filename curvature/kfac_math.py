@@ -200,7 +200,10 @@ def safe_damped_inverse(
         damped = damped + torch.as_tensor(damping, dtype=attempt_dtype, device=damped.device) * torch.eye(
             damped.shape[0], dtype=attempt_dtype, device=damped.device
         )
-        cholesky, info = torch.linalg.cholesky_ex(damped)
+        try:
+            cholesky, info = torch.linalg.cholesky_ex(damped)
+        except RuntimeError:  # cholesky_ex reports failures in info, but a backend may still raise
+            continue
         if int(info) != 0:
             continue
         inverse = torch.cholesky_inverse(cholesky)

@@ -42,6 +42,10 @@ STEP_RULES = ("natural", "whitened")
 UNCOVERED_CURVATURES = ("identity", "diagonal")
 # Largest Kronecker factor side covered by default: 8192² floats are 268 MB (eigendecomposition: minutes).
 DEFAULT_MAX_FACTOR_DIM = 8192
+# A layer whose curvature refresh fails this many times in a row (non-finite statistics, decompositions that
+# fail in float32 and float64) has its statistics reset: with update_inverses_every=10, 50 updates on stale
+# curvature, long enough to ride out a transient fault and short enough not to train on a dead layer.
+DEFAULT_MAX_REFRESH_FAILURES = 5
 STATE_VERSION = 2
 
 
@@ -169,6 +173,9 @@ class KFAC:
             trust region ``ν_k = min(1, sqrt(kl_clip_k / (η² Σ_{p∈k}⟨Δ, g⟩)))`` (e.g. a separate critic, as
             in ACKTR's continuous-control setup); all other parameters share ``kl_clip``. A layer's weight
             and bias must be in the same group.
+        max_refresh_failures: a layer whose refresh fails this many times in a row (non-finite statistics,
+            decompositions failing in float32 and float64) gets its statistics reset with a warning and
+            rebuilt from the next batches; until then it keeps its last good decompositions.
         uncovered_curvature: what preconditions the parameters no block covers (e.g. a Gaussian policy's
             ``log_std``): ``"identity"`` (their plain gradient, the original ACKTR) or ``"diagonal"`` (a
             running diagonal Fisher ``f`` estimated from the statistics backward with
@@ -201,6 +208,7 @@ class KFAC:
         warn_unsupported: bool = True,
         trust_region_groups: Sequence[tuple[Iterable[nn.Parameter], float | None]] = (),
         max_factor_dim: int | None = DEFAULT_MAX_FACTOR_DIM,
+        max_refresh_failures: int = DEFAULT_MAX_REFRESH_FAILURES,
         uncovered_curvature: str = "identity",
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -237,6 +245,8 @@ class KFAC:
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"KFAC: loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
         self.loss_reduction = loss_reduction
+        self.max_refresh_failures = _check_positive_int("max_refresh_failures", max_refresh_failures)
+        self.statistics_resets = 0
 
         if uncovered_curvature not in UNCOVERED_CURVATURES:
             raise ValueError(
@@ -668,7 +678,23 @@ class KFAC:
     def update_curvature(self) -> None:
         """Refresh every block's eigendecompositions (or damped inverses) from its current factors."""
         for block in self.blocks:
-            block.update_curvature(damping=self.damping)
+            self._refresh_block(block)
+
+    def _refresh_block(self, block: KFACBlock) -> None:
+        """Refresh one block; reset its statistics (with a warning) once it failed too often in a row."""
+        if block.update_curvature(damping=self.damping):
+            return
+        failures = block.approximation.consecutive_failures
+        if failures >= self.max_refresh_failures:
+            block.approximation.reset_statistics()
+            self.statistics_resets += 1
+            warnings.warn(
+                f"K-FAC layer {block.name or '<root>'!r} ({self.curvature}): {failures} curvature refreshes "
+                "in a row failed (non-finite or undecomposable statistics); its statistics were reset and "
+                "are rebuilt from the next batches",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     @property
     def eigh_failures(self) -> int:
@@ -705,7 +731,7 @@ class KFAC:
         for block, offset in zip(self.blocks, self._refresh_offsets(), strict=True):
             due = (self.steps + offset) % self.update_inverses_every == 0
             if due or (block.has_factors and not block.has_curvature):
-                block.update_curvature(damping=self.damping)
+                self._refresh_block(block)
                 refreshed = True
         inverse_seconds = time.perf_counter() - start
 
@@ -916,6 +942,7 @@ class KFAC:
             "version": STATE_VERSION,
             "steps": self.steps,
             "statistics_calls": self.statistics_calls,
+            "statistics_resets": self.statistics_resets,
             "curvature": self.curvature,
             "blocks": {block.name: block.state_dict() for block in self.blocks},
             "uncovered_curvature": self.uncovered_curvature,
@@ -952,6 +979,7 @@ class KFAC:
                 fisher.load_state_dict({}, device=device)
         self.steps = int(state["steps"])
         self.statistics_calls = int(state["statistics_calls"])
+        self.statistics_resets = int(state.get("statistics_resets", 0))
 
     def __repr__(self) -> str:
         layers = ", ".join(f"{block.name or '<root>'}:{type(block).__name__}" for block in self.blocks)

@@ -356,6 +356,7 @@ def test_breakout_envpool_2000_steps_writes_loadable_model(tmp_path: Path) -> No
     from acktr.agents import ACKTR
     from acktr.envs import EnvpoolVecEnv
     from acktr.factory import make_run_env
+    from acktr.guards import VecCheckFinite
     from acktr.run_config import RunConfig
 
     run_dir = tmp_path / "breakout"
@@ -380,7 +381,8 @@ def test_breakout_envpool_2000_steps_writes_loadable_model(tmp_path: Path) -> No
     config = yaml.safe_load((run_dir / "config.yml").read_text())
     assert config["backend_used"] == "envpool"
     venv = make_run_env(RunConfig.from_dict(config), 1, 0, training=False)
-    assert isinstance(venv, EnvpoolVecEnv)
+    # the backend's env, behind the NaN/inf check every backend gets
+    assert isinstance(venv, VecCheckFinite) and isinstance(venv.venv, EnvpoolVecEnv)
     model = ACKTR.load(run_dir / "model.zip", env=venv)
     assert model.num_timesteps >= 2000 and model.observation_space.shape == (4, 84, 84)
     obs = venv.reset()
