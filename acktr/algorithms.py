@@ -40,9 +40,10 @@ class AlgorithmSpec:
         try:
             module = importlib.import_module(self.module)
         except ImportError as error:
-            raise UserError(
-                f"algorithm {self.name!r} cannot be imported ({error}); reinstall acktr (pip install -e .)"
-            ) from None
+            fix = "reinstall acktr (pip install -e .)"
+            if not self.ours:  # a comparison algorithm from another package (sb3-contrib's TRPO, ...)
+                fix = f"install it: pip install {self.module.split('.')[0].replace('_', '-')}"
+            raise UserError(f"algorithm {self.name!r} cannot be imported ({error}); {fix}") from None
         return getattr(module, self.class_name)
 
 
