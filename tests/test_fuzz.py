@@ -21,13 +21,11 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from acktr.cli import main  # noqa: E402
-from acktr.errors import UserError  # noqa: E402
+from acktr.cli import main
+from acktr.errors import UserError
 
 # Reproducible cases by default; ACKTR_FUZZ_RANDOM=1 explores new ones on every run.
 FUZZ_SETTINGS = dict(
