@@ -61,3 +61,17 @@ def test_the_acktr_default_preset_is_acktrs_default() -> None:
     assert preset == {key: DEFAULT_KFAC_OPTIONS[key] for key in preset}
     # the benchmarked policies (Nature CNN, 64-64 MLP, discrete actions) have no parameter outside a layer
     assert set(DEFAULT_KFAC_OPTIONS) - set(preset) == {"uncovered_curvature"}
+
+
+def test_throughput_bench_refuses_non_atari_envs_and_times_learn() -> None:
+    from stable_baselines3 import A2C
+
+    from acktr.bench import main
+    from acktr.bench.throughput import _timed_learn
+
+    with pytest.raises(SystemExit, match="'CartPole' is not an Atari game"):
+        main(["throughput", "--env", "CartPole"])
+    model = A2C("MlpPolicy", "CartPole-v1", n_steps=5, seed=0, device="cpu")
+    result = _timed_learn(model, warmup=20, steps=200)
+    assert model.num_timesteps >= 220 and result["n_envs"] == 1
+    assert result["steps_per_s"] > 0 and 0 < result["train_share"] < 1

@@ -22,6 +22,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "acktr.bench.sample_efficiency",
         "env steps to reach a return threshold: ACKTR vs SB3 A2C and PPO",
     ),
+    "throughput": (
+        "acktr.bench.throughput",
+        "env steps/s of a whole `acktr train` process vs SB3 A2C's Atari pipeline, and vs the env alone",
+    ),
     "exploration": (
         "acktr.bench.exploration",
         "fraction of seeds solving sparse-reward tasks: NoisyACKTR vs ACKTR vs SB3 PPO",
