@@ -589,10 +589,12 @@ class ACKTR(OnPolicyAlgorithm):
         old_distribution: Any,
         observations: Any,
         kl: float,
+        limit: float,
     ) -> tuple[float, float]:
-        """Shrink the step just taken until its measured KL is within the guard; (final KL, total scale)."""
-        limit, kl_clip = self._kl_guard_limit(), self.kl_clip
-        assert limit is not None and kl_clip is not None
+        """Shrink the step just taken until its measured KL is within ``limit`` (:meth:`_kl_guard_limit`);
+        returns (final KL, total scale)."""
+        kl_clip = self.kl_clip
+        assert kl_clip is not None
         total_scale = 1.0
         for _ in range(KL_GUARD_TRIES):
             if not kl > limit:  # also stops on a NaN KL (the non-finite checks deal with those)
@@ -611,6 +613,7 @@ class ACKTR(OnPolicyAlgorithm):
         self._update_learning_rate(optimizer)
         kfac = optimizer.kfac
         cold = optimizer.in_cold_start
+        guard_limit = self._kl_guard_limit()
 
         phases: dict[str, float] = {}  # wall time of each part of the update (ms; CUDA: launch time)
         clock = _PhaseClock(phases)
@@ -674,7 +677,7 @@ class ACKTR(OnPolicyAlgorithm):
             if cold:
                 th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             clock.lap("backward")
-            guarded = old_distribution is not None and self._kl_guard_limit() is not None
+            guarded = old_distribution is not None and guard_limit is not None
             step_start = optimizer.step_snapshot() if guarded else None
             optimizer.step()  # preconditions with kfac.precondition(lr=η) unless cold
             clock.lap("step")
@@ -685,9 +688,9 @@ class ACKTR(OnPolicyAlgorithm):
                     kl = mean_kl(old_distribution, self.policy.get_distribution(kl_observations)).item()
             kl_before_guard, guard_scale = kl, 1.0
             if step_start is not None and kl is not None:
-                assert old_distribution is not None
+                assert old_distribution is not None and guard_limit is not None
                 kl, guard_scale = self._enforce_kl_guard(
-                    optimizer, step_start, old_distribution, kl_observations, kl
+                    optimizer, step_start, old_distribution, kl_observations, kl, guard_limit
                 )
             clock.lap("kl")
 
@@ -705,7 +708,7 @@ class ACKTR(OnPolicyAlgorithm):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         if kl is not None:
             self.logger.record("train/kl", kl)
-        if kl_before_guard is not None and self._kl_guard_limit() is not None:
+        if kl_before_guard is not None and guard_limit is not None:
             self.logger.record("train/kl_before_guard", kl_before_guard)
             self.logger.record("train/kl_guard_scale", guard_scale)
         if getattr(self, "target_kl", None) is not None:

@@ -10,10 +10,32 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Every test starts single-threaded (tiny networks run fastest so, and the cores are shared), and a test
+    that changes the thread count (e.g. through ``acktr train --threads``) does not leak it to the next."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def float64_default() -> Iterator[None]:
+    """float64 as torch's default dtype for one test: references computed densely in float64, so that
+    1e-10 agreement is meaningful (``pytestmark = pytest.mark.usefixtures("float64_default")``)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

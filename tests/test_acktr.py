@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +46,6 @@ ACKTR_TRAIN_KEYS = {
     "train/eigh_failures",
     "time/kfac_ms",
 }
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny networks run fastest single-threaded (and the machine is shared)."""
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
 
 
 def params_of(model: ACKTR | A2C) -> list[th.Tensor]:

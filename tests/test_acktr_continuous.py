@@ -3,7 +3,7 @@ Gaussian's ``log_std`` is preconditioned by its Fisher."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -18,14 +18,6 @@ from stable_baselines3.common.envs import (
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from acktr import ACKTR
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
 
 
 class RecordingACKTR(ACKTR):

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +42,6 @@ def paper_acktr(*args: Any, **kwargs: Any) -> ACKTR:
     kwargs.setdefault("step_rule", "natural")
     kwargs["kfac_kwargs"] = {**EXACT_KFAC_OPTIONS, **kwargs.get("kfac_kwargs", {})}
     return ACKTR(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------- helpers

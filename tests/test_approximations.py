@@ -16,13 +16,7 @@ from torch import nn
 from acktr.curvature import KFAC, EigenKFAC, KroneckerVectors, LowRankKFAC, kfac_math
 from acktr.curvature.kfac_math import LowRankEigen
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # dense float64 references
 
 
 def col_vec(matrix: torch.Tensor) -> torch.Tensor:

@@ -14,14 +14,7 @@ from torch import nn
 
 from acktr.curvature import KFAC, Conv2dAdapter, LinearAdapter
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    """References are computed in float64 so that 1e-10 agreement is meaningful."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # dense float64 references
 
 
 def col_vec(matrix: torch.Tensor) -> torch.Tensor:

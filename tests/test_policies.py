@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -26,14 +25,6 @@ def kfac_optimizer(model: A2C | PPO) -> KFACOptimizer:
     """The K-FAC optimizer of a model built with a K-FAC policy class."""
     assert isinstance(model.policy.optimizer, KFACOptimizer)
     return model.policy.optimizer
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
 
 
 def test_state_dict_round_trip_between_acktr_a2c_ppo() -> None:

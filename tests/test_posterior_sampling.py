@@ -22,12 +22,7 @@ SCALE = 0.7
 DAMPING = 0.05
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # dense float64 references
 
 
 def col_vec(matrices: torch.Tensor) -> torch.Tensor:

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from acktr.bench.sample_efficiency import parse_override, run_config
+from acktr.bench.sample_efficiency import parse_override, parse_selection, run_config, run_specs
 
 
 class Task(NamedTuple):
@@ -237,20 +235,8 @@ def format_report(
 def run(args: argparse.Namespace) -> str:
     from acktr.algorithms import algorithm_names
 
-    envs = [env.strip() for env in args.envs.split(",") if env.strip()]
-    algos = [algo.strip().lower() for algo in args.algos.split(",") if algo.strip()]
+    envs, algos, budgets, seeds = parse_selection(args, TASKS, "exploration")
     known = algorithm_names()
-    unknown = [env for env in envs if env not in TASKS] + [algo for algo in algos if algo not in known]
-    if unknown:
-        raise SystemExit(f"exploration: unknown env/algo {unknown}; choose from {list(TASKS)} and {known}")
-    budgets = {env: task.budget for env, task in TASKS.items()}
-    for item in args.budget:
-        env, _, steps = item.partition("=")
-        if env not in TASKS or not steps:
-            raise SystemExit(
-                f"exploration: --budget expects ENV=STEPS with ENV in {list(TASKS)}, got {item!r}"
-            )
-        budgets[env] = int(float(steps))
     overrides: dict[tuple[str, str], list[str]] = {
         ("acktr", env): list(items) for env, items in DEFAULT_ACKTR_OVERRIDES.items()
     }
@@ -262,7 +248,6 @@ def run(args: argparse.Namespace) -> str:
         if algo not in known or env not in TASKS:
             raise SystemExit(f"exploration: --override expects ALGO:ENV:KEY=VALUE, got {item!r}")
         overrides.setdefault((algo, env), []).append(assignment)
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     specs = [
         RunSpec(algo, env, seed, budgets[env], tuple(overrides.get((algo, env), [])))
         for env in envs
@@ -270,25 +255,13 @@ def run(args: argparse.Namespace) -> str:
         for seed in seeds
     ]
     start = time.perf_counter()
-    results: list[RunResult] = []
-
-    def progress(result: RunResult) -> None:
-        results.append(result)
-        spec = result.spec
-        print(
-            f"[{len(results)}/{len(specs)}] {spec.env_id} {spec.algo} seed {spec.seed}: solved at "
-            f"{result.solved_at}, goal at {result.goal_at}, final {result.final_mean} "
-            f"({result.seconds:.0f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            for future in as_completed([pool.submit(run_one, spec) for spec in specs]):
-                progress(future.result())
-    else:
-        for spec in specs:
-            progress(run_one(spec))
-    results.sort(key=lambda result: specs.index(result.spec))
+    results = run_specs(
+        specs,
+        run_one,
+        lambda result: (
+            f"solved at {result.solved_at}, goal at {result.goal_at}, final {result.final_mean} "
+            f"({result.seconds:.0f} s)"
+        ),
+        args.jobs,
+    )
     return format_report(results, envs, algos, seeds, time.perf_counter() - start)

@@ -18,11 +18,23 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
+
+
+class _Ran(Protocol):
+    """A benchmark run's result: it carries the spec it ran."""
+
+    @property
+    def spec(self) -> Any: ...
+
+
+SpecT = TypeVar("SpecT")
+ResultT = TypeVar("ResultT", bound=_Ran)
 
 
 class Task(NamedTuple):
@@ -307,26 +319,59 @@ def _first_per_env(results: list[RunResult]) -> list[RunResult]:
     return list(seen.values())
 
 
-def run(args: argparse.Namespace) -> str:
-    envs = [env.strip() for env in args.envs.split(",") if env.strip()]
-    algos = [algo.strip().lower() for algo in args.algos.split(",") if algo.strip()]
+def parse_selection(
+    args: argparse.Namespace, tasks: Mapping[str, Any], bench: str
+) -> tuple[list[str], list[str], dict[str, int], list[int]]:
+    """The envs, algorithms, per-env budgets and seeds asked for by ``--envs``, ``--algos``, ``--budget``,
+    ``--seeds`` and ``--first-seed`` (shared by the seeded-run benchmarks); SystemExit names what is unknown.
+    ``tasks`` maps env ids to their ``Task`` (with a ``budget``); ``bench`` prefixes the messages."""
     from acktr.algorithms import algorithm_names
 
+    envs = [env.strip() for env in args.envs.split(",") if env.strip()]
+    algos = [algo.strip().lower() for algo in args.algos.split(",") if algo.strip()]
     known_algos = algorithm_names()
-    unknown = [env for env in envs if env not in TASKS] + [algo for algo in algos if algo not in known_algos]
+    unknown = [env for env in envs if env not in tasks] + [algo for algo in algos if algo not in known_algos]
     if unknown:
-        raise SystemExit(
-            f"sample-efficiency: unknown env/algo {unknown}; choose from {list(TASKS)} and {known_algos}"
-        )
-    budgets = {env: task.budget for env, task in TASKS.items()}
+        raise SystemExit(f"{bench}: unknown env/algo {unknown}; choose from {list(tasks)} and {known_algos}")
+    budgets = {env: task.budget for env, task in tasks.items()}
     for item in args.budget:
         env, _, steps = item.partition("=")
-        if env not in TASKS or not steps:
-            raise SystemExit(
-                f"sample-efficiency: --budget expects ENV=STEPS with ENV in {list(TASKS)}, got {item!r}"
-            )
+        if env not in tasks or not steps:
+            raise SystemExit(f"{bench}: --budget expects ENV=STEPS with ENV in {list(tasks)}, got {item!r}")
         budgets[env] = int(float(steps))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    return envs, algos, budgets, seeds
+
+
+def run_specs(
+    specs: Sequence[SpecT], run_one: Callable[[SpecT], ResultT], describe: Callable[[ResultT], str], jobs: int
+) -> list[ResultT]:
+    """Run every spec (in ``jobs`` worker processes when > 1), print one progress line per finished run
+    (``describe(result)`` after its env, algorithm and seed) and return the results in the order of ``specs``.
+    Each result has the ``spec`` it ran."""
+    results: list[ResultT] = []
+
+    def progress(result: ResultT) -> None:  # one line per finished run, so long runs can be followed
+        results.append(result)
+        spec = result.spec
+        print(
+            f"[{len(results)}/{len(specs)}] {spec.env_id} {spec.algo} seed {spec.seed}: {describe(result)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for future in as_completed([pool.submit(run_one, spec) for spec in specs]):
+                progress(future.result())
+    else:
+        for spec in specs:
+            progress(run_one(spec))
+    return sorted(results, key=lambda result: list(specs).index(result.spec))  # results carry copies
+
+
+def run(args: argparse.Namespace) -> str:
+    envs, algos, budgets, seeds = parse_selection(args, TASKS, "sample-efficiency")
     overrides: dict[str, list[str]] = {}
     for item in args.acktr_override:
         env, assignment = parse_override(item)
@@ -350,25 +395,13 @@ def run(args: argparse.Namespace) -> str:
         for seed in seeds
     ]
     start = time.perf_counter()
-    results: list[RunResult] = []
-
-    def progress(result: RunResult) -> None:  # one line per finished run, so long runs can be followed
-        results.append(result)
-        steps = "not reached" if result.steps is None else f"{result.steps} steps"
-        spec = result.spec
-        print(
-            f"[{len(results)}/{len(specs)}] {spec.env_id} {spec.algo} seed {spec.seed}: {steps} "
-            f"({result.seconds:.0f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            for future in as_completed([pool.submit(run_one, spec) for spec in specs]):
-                progress(future.result())
-    else:
-        for spec in specs:
-            progress(run_one(spec))
-    results.sort(key=lambda result: specs.index(result.spec))
+    results = run_specs(
+        specs,
+        run_one,
+        lambda result: (
+            ("not reached" if result.steps is None else f"{result.steps} steps")
+            + f" ({result.seconds:.0f} s)"
+        ),
+        args.jobs,
+    )
     return format_report(results, envs, algos, seeds, time.perf_counter() - start)
