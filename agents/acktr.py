@@ -51,6 +51,7 @@ LR_MULTIPLIER_BOUNDS = (1e-3, 1e3)
 KL_GUARD_TRIES = 4
 KL_GUARD_AIM = 0.9
 AUTO_KL_GUARD = 2.0  # kl_guard="auto" for continuous actions
+AUTO_MICRO_BATCH = 160  # micro_batch_size="auto" for image observations
 
 
 def _number(name: str, value: Any) -> float:
@@ -75,6 +76,14 @@ def _kl_guard_value(name: str, value: Any) -> float | str | None:
     if _number(name, value) < 1:
         raise ValueError(f"ACKTR: {name} must be 'auto', a number >= 1 or None, got {value!r}")
     return float(value)
+
+
+def _micro_batch_value(name: str, value: Any) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"ACKTR: {name} must be a positive int, 'auto' or None, got {value!r}")
+    return value
 
 
 def _positive(name: str, value: Any) -> float:
@@ -324,6 +333,14 @@ class ACKTR(OnPolicyAlgorithm):
         (default): 2 for continuous (Box) actions, None for discrete ones — measured on SB3's identity tasks
         with A2C's arguments (5 seeds): the guard lifts Box from 89 to 96 and costs MultiDiscrete 100 → 89
         (the discrete heads' predicted KL is good enough, and their small tasks gain from the full steps).
+    :param micro_batch_size: rows per chunk of the training forward/backward. The gradient is accumulated
+        over chunks (the same gradient up to float rounding), so the activations held for the backward are
+        one chunk's instead of the whole rollout's: at Atari's 32 × 20 the whole-batch pass holds ~0.5 GB of
+        convolution buffers. None: the whole batch at once. ``"auto"`` (default): :data:`AUTO_MICRO_BATCH`
+        rows for image observations (any observation tensor with ≥ 3 dimensions per row), the whole batch
+        otherwise. It applies when the statistics come from a subset of the rollout or are skipped
+        (``statistics_fraction`` < 1 — the default for convolutional policies — or ``update_factors_every``
+        > 1); with statistics on every row the training loss shares the statistics' single forward.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -371,6 +388,7 @@ class ACKTR(OnPolicyAlgorithm):
         target_kl: float | None = None,
         step_rule: str = "whitened",
         kl_guard: float | str | None = "auto",
+        micro_batch_size: int | str | None = "auto",
     ):
         super().__init__(
             policy,
@@ -413,6 +431,7 @@ class ACKTR(OnPolicyAlgorithm):
         self.target_kl = target_kl
         self.step_rule = step_rule
         self.kl_guard = kl_guard
+        self.micro_batch_size = _micro_batch_value("micro_batch_size", micro_batch_size)
         self.lr_multiplier = 1.0
         self.kl_clip = kl_clip
         self.vf_kl_clip = vf_kl_clip
@@ -606,6 +625,68 @@ class ACKTR(OnPolicyAlgorithm):
                 kl = mean_kl(old_distribution, self.policy.get_distribution(observations)).item()
         return kl, total_scale
 
+    def _a2c_loss(
+        self,
+        values: th.Tensor,
+        log_prob: th.Tensor,
+        entropy: th.Tensor | None,
+        advantages: th.Tensor,
+        returns: th.Tensor,
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+        """A2C's loss on a batch: (total, policy, value, entropy terms); values (B, 1) or (B,), rest (B,)."""
+        policy_loss = -(advantages * log_prob).mean()
+        value_loss = F.mse_loss(returns, values.flatten())
+        entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        return loss, policy_loss, value_loss, entropy_loss
+
+    def _a2c_backward(
+        self,
+        optimizer: th.optim.Optimizer,
+        observations: Any,
+        actions: th.Tensor,
+        advantages: th.Tensor,
+        returns: th.Tensor,
+        clock: _PhaseClock,
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """The gradient of A2C's loss over the whole batch, left in ``.grad``, accumulated over row chunks of
+        ``micro_batch_size`` rows (every term is a mean: a chunk's loss is weighted by its share of the rows),
+        so the activations held for the backward are one chunk's. Returns the batch's (policy, value, entropy)
+        terms, detached."""
+        rows = len(actions)
+        chunk = self._micro_batch_rows(observations, rows)
+        optimizer.zero_grad()
+        if chunk >= rows:
+            values, log_prob, entropy, _ = evaluate_with_distribution(self.policy, observations, actions)
+            loss, policy_loss, value_loss, entropy_loss = self._a2c_loss(
+                values, log_prob, entropy, advantages, returns
+            )
+            clock.lap("forward")
+            loss.backward()
+            clock.lap("backward")
+            return policy_loss.detach(), value_loss.detach(), entropy_loss.detach()
+        totals = th.zeros(3, device=actions.device)
+        for start in range(0, rows, chunk):
+            index = th.arange(start, min(start + chunk, rows), device=actions.device)
+            values, log_prob, entropy, _ = evaluate_with_distribution(
+                self.policy, _rows(observations, index), actions[index]
+            )
+            share = len(index) / rows
+            loss, *terms = self._a2c_loss(values, log_prob, entropy, advantages[index], returns[index])
+            totals += share * th.stack([term.detach() for term in terms])
+            clock.lap("forward")
+            (share * loss).backward()
+            clock.lap("backward")
+        return totals[0], totals[1], totals[2]
+
+    def _micro_batch_rows(self, observations: Any, rows: int) -> int:
+        """Rows per chunk of the training backward: ``micro_batch_size``, "auto" resolved (see its docs)."""
+        setting = getattr(self, "micro_batch_size", None)
+        if setting == "auto":
+            tensors = observations.values() if isinstance(observations, dict) else [observations]
+            setting = AUTO_MICRO_BATCH if any(tensor.dim() >= 4 for tensor in tensors) else None
+        return rows if setting is None else min(rows, int(setting))
+
     def train(self) -> None:
         """One ACKTR update on the rollout buffer (a single natural-gradient step over all the data)."""
         self.policy.set_training_mode(True)
@@ -625,15 +706,11 @@ class ACKTR(OnPolicyAlgorithm):
 
             collect = kfac.collects_next()  # update_factors_every > 1 skips the statistics pass in between
             subset = kfac.statistics_subset(len(actions), device=actions.device) if collect else None
+            advantages = rollout_data.advantages
+            if self.normalize_advantage:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
             old_distribution = None
-            if not collect:
-                with kfac.collect_statistics():  # inactive: only advances the statistics schedule
-                    pass
-                values, log_prob, entropy, distribution = evaluate_with_distribution(
-                    self.policy, observations, actions
-                )
-                clock.lap("forward")
-            elif subset is None:
+            if collect and subset is None:
                 # One forward pass feeds both losses; only the Fisher backward runs with the hooks on.
                 with kfac.collect_statistics():
                     values, log_prob, entropy, distribution = evaluate_with_distribution(
@@ -645,35 +722,32 @@ class ACKTR(OnPolicyAlgorithm):
                     fisher_loss.backward(retain_graph=True)
                 clock.lap("fisher_backward")
                 old_distribution, kl_observations = snapshot(distribution), observations
-            else:
-                # Statistics from a random subset: its own forward and Fisher backward (both shrink), then
-                # the training forward over the whole batch without hooks. The KL is measured on the subset.
-                kl_observations = _rows(observations, subset)
-                with kfac.collect_statistics():
-                    sub_values, _, _, sub_distribution = evaluate_with_distribution(
-                        self.policy, kl_observations, actions[subset]
-                    )
-                    fisher_loss = sampled_fisher_loss(sub_distribution, sub_values, self.vf_fisher_coef)
-                    optimizer.zero_grad()
-                    fisher_loss.backward()
-                old_distribution = snapshot(sub_distribution)
-                clock.lap("fisher_backward")
-                values, log_prob, entropy, distribution = evaluate_with_distribution(
-                    self.policy, observations, actions
+                loss, policy_loss, value_loss, entropy_loss = self._a2c_loss(
+                    values, log_prob, entropy, advantages, rollout_data.returns
                 )
-                clock.lap("forward")
-            values = values.flatten()
-
-            advantages = rollout_data.advantages
-            if self.normalize_advantage:
-                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-            policy_loss = -(advantages * log_prob).mean()
-            value_loss = F.mse_loss(rollout_data.returns, values)
-            entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
-            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-
-            optimizer.zero_grad()
-            loss.backward()
+                optimizer.zero_grad()
+                loss.backward()
+            else:
+                if collect:
+                    # Statistics from a random subset: its own forward and Fisher backward (both shrink),
+                    # then the training pass over the whole batch without hooks. KL measured on the subset.
+                    assert subset is not None
+                    kl_observations = _rows(observations, subset)
+                    with kfac.collect_statistics():
+                        sub_values, _, _, sub_distribution = evaluate_with_distribution(
+                            self.policy, kl_observations, actions[subset]
+                        )
+                        fisher_loss = sampled_fisher_loss(sub_distribution, sub_values, self.vf_fisher_coef)
+                        optimizer.zero_grad()
+                        fisher_loss.backward()
+                    old_distribution = snapshot(sub_distribution)
+                    clock.lap("fisher_backward")
+                else:
+                    with kfac.collect_statistics():  # inactive: only advances the statistics schedule
+                        pass
+                policy_loss, value_loss, entropy_loss = self._a2c_backward(
+                    optimizer, observations, actions, advantages, rollout_data.returns, clock
+                )
             if cold:
                 th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             clock.lap("backward")

@@ -183,3 +183,59 @@ def test_exploration_report_counts_solved_seeds_and_goals() -> None:
     assert "| MountainCar-v0 | -110 | noisy-acktr | 1/2 | 120, — | 2/2 | 40, 90 | -129.5 |" in report
     assert "| MountainCar-v0 | -110 | ppo | 0/1 | — | 0/1 | — | -200.0 |" in report
     assert "| MountainCar-v0 | 1 | 0.02 | 0.01 |" in report
+
+
+# ---------------------------------------------------------------------------------------------- mujoco
+@pytest.mark.parametrize("algo", ["acktr", "npg", "ppo", "trpo"])
+@pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5"])
+def test_mujoco_bench_runs_each_algorithms_own_tuned_entry(algo: str, env_id: str) -> None:
+    """PPO and TRPO must run rl-baselines3-zoo's tuned MuJoCo settings, never the constructor defaults."""
+    config = run_config(algo, env_id, seed=0)
+    assert config.zoo_entry == env_id and config.normalize is not None
+
+
+def test_mujoco_bench_records_episodes_stops_at_the_budget_and_resumes_from_its_results(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import acktr.bench.mujoco as mujoco
+    from acktr import bench
+
+    spec = mujoco.RunSpec("acktr", "Hopper-v5", 0, 600)
+    result = mujoco.run_one(spec)
+    assert result.episode_steps and max(result.episode_steps) <= 600 + 8  # at most one vector step past
+    assert result.episode_steps == sorted(result.episode_steps)
+    assert result.final_mean == pytest.approx(
+        float(sum(result.episode_returns[-100:]) / len(result.episode_returns[-100:]))
+    )
+
+    results_file = tmp_path / "runs.jsonl"
+    mujoco.append_result(results_file, result)
+    with open(results_file, "a", encoding="utf-8") as handle:
+        handle.write('{"algo": "npg", "env_id": "Hop')  # a run torn by a crash: ignored, not fatal
+    loaded = mujoco.load_results(results_file)
+    assert list(loaded) == [spec] and loaded[spec].episode_returns == result.episode_returns
+
+    def must_not_run(spec: mujoco.RunSpec) -> mujoco.RunResult:
+        raise AssertionError(f"{spec} is already in the results file")
+
+    monkeypatch.setattr(mujoco, "run_one", must_not_run)
+    out, plot = tmp_path / "mujoco.md", tmp_path / "mujoco.png"
+    argv = ["mujoco", "--envs", "Hopper-v5", "--algos", "acktr", "--seeds", "1", "--steps", "600"]
+    argv += ["--results", str(results_file), "--plot", str(plot), "--out", str(out)]
+    assert bench.main(argv) == 0
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| Hopper-v5 | ACKTR |"))
+    assert f"{result.final_mean:,.0f} ± 0" in row and "baselines ACKTR 2,428" in row
+    assert plot.stat().st_size > 0
+
+
+def test_mujoco_best_mean_is_the_best_full_window() -> None:
+    from acktr.bench.mujoco import RunResult, RunSpec
+
+    returns = [0.0] * 100 + [100.0] * 100 + [0.0] * 50
+    result = RunResult(RunSpec("acktr", "Hopper-v5", 0, 1), 1.0, list(range(250)), returns)
+    assert result.best_mean == pytest.approx(100.0)
+    assert result.final_mean == pytest.approx(50.0)
+    assert RunResult(RunSpec("acktr", "Hopper-v5", 0, 1), 1.0, [1, 2], [3.0, 5.0]).best_mean == pytest.approx(
+        4.0
+    )

@@ -623,3 +623,45 @@ def test_first_finite_statistics_after_a_non_finite_batch_initialise_the_factors
     obs = th.as_tensor(model.rollout_buffer.observations.reshape(-1, 4))
     inputs = th.cat([obs, th.ones(len(obs), 1)], dim=1)
     th.testing.assert_close(first_layer.activation_factor, inputs.T @ inputs / len(obs), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- micro-batching
+@pytest.mark.parametrize("kind", ["cnn", "dict"])
+def test_micro_batched_training_takes_the_same_steps_as_the_whole_batch(kind: str) -> None:
+    """Accumulating the A2C gradient over row chunks changes nothing but float rounding: two runs with the
+    same seed, one whole-batch and one in chunks of 3 rows (8-row rollouts: chunks of 3, 3, 2), end at the
+    same parameters and curvature after K-FAC steps on statistics from a subset of the rollout."""
+    models = []
+    for micro_batch_size in (None, 3):
+        model = make_policy_model(kind)
+        model.micro_batch_size = micro_batch_size
+        model.kfac_kwargs = {"statistics_fraction": 0.5}  # the subset path, where chunking applies
+        model.learn(2 * 4 * 3)
+        assert model.kfac.steps == 3
+        models.append(model)
+    whole, chunked = models
+    assert chunked._micro_batch_rows(th.zeros(8, 1, 36, 36), 8) == 3
+    chunked_parameters = chunked.policy.state_dict()
+    for name, expected in whole.policy.state_dict().items():
+        actual = chunked_parameters[name]
+        assert th.allclose(actual, expected, rtol=1e-4, atol=1e-6), name
+    for key, value in whole.kfac.state_dict()["blocks"].items():
+        other = chunked.kfac.state_dict()["blocks"][key]
+        for factor, tensor in value.items():
+            # the running factors; their eigenvectors are defined only up to sign and rotation
+            if isinstance(tensor, th.Tensor) and tensor.is_floating_point() and "eigen" not in factor:
+                assert th.allclose(other[factor], tensor, rtol=1e-3, atol=1e-6), (key, factor)
+
+
+def test_micro_batch_size_auto_chunks_images_only_and_rejects_bad_values() -> None:
+    image_model, vector_model = make_policy_model("cnn"), make_policy_model("sde")
+    assert image_model.micro_batch_size == "auto" and vector_model.micro_batch_size == "auto"
+    from acktr.agents.acktr import AUTO_MICRO_BATCH
+
+    assert image_model._micro_batch_rows(th.zeros(640, 4, 84, 84), 640) == AUTO_MICRO_BATCH
+    assert image_model._micro_batch_rows({"img": th.zeros(640, 1, 8, 8), "vec": th.zeros(640, 3)}, 640) == 160
+    assert vector_model._micro_batch_rows(th.zeros(2048, 64), 2048) == 2048
+    assert image_model._micro_batch_rows(th.zeros(80, 4, 84, 84), 80) == 80
+    for bad in (0, -3, "big", True, 1.5):
+        with pytest.raises(ValueError, match="micro_batch_size must be a positive int, 'auto' or None"):
+            ACKTR("MlpPolicy", "CartPole-v1", micro_batch_size=bad)

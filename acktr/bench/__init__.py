@@ -30,6 +30,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "acktr.bench.exploration",
         "fraction of seeds solving sparse-reward tasks: NoisyACKTR vs ACKTR vs SB3 PPO",
     ),
+    "mujoco": (
+        "acktr.bench.mujoco",
+        "final return at equal env steps on MuJoCo: ACKTR and NPG vs SB3 PPO and sb3-contrib TRPO",
+    ),
 }
 
 
