@@ -7,6 +7,7 @@ this module adds the constructor and ``train()``. See DESIGN §3 for the maths a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 import warnings
@@ -35,7 +36,7 @@ from acktr.agents.fisher import (
     snapshot,
 )
 from acktr.agents.optim import KFACOptimizer
-from acktr.curvature.preconditioner import STEP_RULES
+from acktr.curvature.preconditioner import STEP_RULES, PreconditionInfo
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 
@@ -52,6 +53,7 @@ KL_GUARD_TRIES = 4
 KL_GUARD_AIM = 0.9
 AUTO_KL_GUARD = 2.0  # kl_guard="auto" for continuous actions
 AUTO_MICRO_BATCH = 160  # micro_batch_size="auto" for image observations
+TRUST_REGIONS = ("joint", "split")
 
 
 def _number(name: str, value: Any) -> float:
@@ -195,6 +197,7 @@ CURVATURE_SETTINGS: tuple[str, ...] = (
     "target_kl",
     "step_rule",
     "kl_guard",
+    "trust_region",
 )
 # ACKTR's K-FAC configuration unless kfac_kwargs says otherwise (measured: zoo/benchmarks/update.md). For
 # layers no wider than rank + 16 "lowrank" is exact K-FAC; row_fraction only concerns convolutions;
@@ -333,6 +336,15 @@ class ACKTR(OnPolicyAlgorithm):
         (default): 2 for continuous (Box) actions, None for discrete ones — measured on SB3's identity tasks
         with A2C's arguments (5 seeds): the guard lifts Box from 89 to 96 and costs MultiDiscrete 100 → 89
         (the discrete heads' predicted KL is good enough, and their small tasks gain from the full steps).
+    :param trust_region: ``"joint"`` (default, the paper): one trust region ``ν`` over the whole step of the
+        A2C loss (per parameter group with ``vf_kl_clip``). ``"split"``: the policy part of the loss (policy
+        gradient and entropy) and the value part get separate trust regions over the same curvature —
+        ``Δ = ν_π F⁻¹g_π + ν_v F⁻¹g_v`` with ``ν_π`` from ``kl_clip`` and ``ν_v`` from ``vf_kl_clip`` (or
+        ``kl_clip`` when None) — which is what ``vf_kl_clip`` does for separate networks, extended to a shared
+        trunk. Measured on Pong at 2M frames (shared Nature CNN): the value part was 99.8% of the joint
+        ``η²⟨Δ, g⟩``, so the joint ``ν`` ≈ 0.1 shrank the policy's step ~10× and the policy's KL per update
+        was 3e-5 against ``kl_clip`` 1e-3. Costs a second backward of the value part and a second
+        preconditioning. Logged: ``train/step_scale`` (ν_π) and ``train/vf_step_scale`` (ν_v).
     :param micro_batch_size: rows per chunk of the training forward/backward. The gradient is accumulated
         over chunks (the same gradient up to float rounding), so the activations held for the backward are
         one chunk's instead of the whole rollout's: at Atari's 32 × 20 the whole-batch pass holds ~0.5 GB of
@@ -389,6 +401,7 @@ class ACKTR(OnPolicyAlgorithm):
         step_rule: str = "whitened",
         kl_guard: float | str | None = "auto",
         micro_batch_size: int | str | None = "auto",
+        trust_region: str = "joint",
     ):
         super().__init__(
             policy,
@@ -431,6 +444,7 @@ class ACKTR(OnPolicyAlgorithm):
         self.target_kl = target_kl
         self.step_rule = step_rule
         self.kl_guard = kl_guard
+        self.trust_region = trust_region
         self.micro_batch_size = _micro_batch_value("micro_batch_size", micro_batch_size)
         self.lr_multiplier = 1.0
         self.kl_clip = kl_clip
@@ -465,6 +479,7 @@ class ACKTR(OnPolicyAlgorithm):
     target_kl = CurvatureSetting(_positive_or_none)
     step_rule = CurvatureSetting(_one_of(STEP_RULES))
     kl_guard = CurvatureSetting(_kl_guard_value)
+    trust_region = CurvatureSetting(_one_of(TRUST_REGIONS))
 
     def _apply_curvature_setting(self, name: str, value: Any) -> None:
         """Hand a changed hyperparameter to the built optimizer/preconditioner (no-op before set-up)."""
@@ -476,7 +491,7 @@ class ACKTR(OnPolicyAlgorithm):
             setattr(optimizer.kfac, name, value)
         elif name in ("momentum", "cold_iter"):
             setattr(optimizer, name, value)
-        elif name == "vf_kl_clip":
+        elif name == "vf_kl_clip" and getattr(self, "trust_region", "joint") != "split":
             has_group = bool(optimizer.named_trust_region_groups)
             if has_group != (value is not None):
                 raise ValueError(
@@ -485,7 +500,8 @@ class ACKTR(OnPolicyAlgorithm):
                 )
             if value is not None:
                 optimizer.kfac.group_kl_clips = [value]
-        # vf_fisher_coef, target_kl and kl_guard are read by train() at every update
+        # vf_fisher_coef, target_kl, kl_guard and trust_region are read by train() at every update (a switch
+        # to "split" keeps the critic groups a joint vf_kl_clip formed at set-up)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "kfac_kwargs" and isinstance(self.__dict__.get("policy"), ActorCriticPolicy):
@@ -524,7 +540,7 @@ class ACKTR(OnPolicyAlgorithm):
         # Older saved models predate vf_kl_clip; load() restores attributes before calling _setup_model.
         vf_kl_clip = getattr(self, "vf_kl_clip", None)
         groups: list[tuple[list[str], float | None]] = []
-        if vf_kl_clip is not None:
+        if vf_kl_clip is not None and getattr(self, "trust_region", "joint") == "joint":
             critic_names = critic_only_parameter_names(self.policy)
             if not critic_names:
                 raise ValueError(
@@ -640,6 +656,57 @@ class ACKTR(OnPolicyAlgorithm):
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
         return loss, policy_loss, value_loss, entropy_loss
 
+    def _backward(
+        self,
+        policy_loss: th.Tensor,
+        value_loss: th.Tensor,
+        entropy_loss: th.Tensor,
+        value_grads: list[th.Tensor | None] | None,
+        scale: float = 1.0,
+    ) -> None:
+        """Backpropagate ``scale`` × A2C's loss into ``.grad``; with ``value_grads`` (the split trust region,
+        one entry per trainable parameter) the value part's gradient is accumulated there instead."""
+        policy_part = policy_loss + self.ent_coef * entropy_loss
+        value_part = self.vf_coef * value_loss
+        if value_grads is None:
+            (scale * (policy_part + value_part)).backward()
+            return
+        parameters = self._trainable_parameters()
+        grads = th.autograd.grad(scale * value_part, parameters, retain_graph=True, allow_unused=True)
+        for index, grad in enumerate(grads):
+            if grad is not None:
+                previous = value_grads[index]
+                value_grads[index] = grad if previous is None else previous + grad
+        (scale * policy_part).backward()
+
+    def _trainable_parameters(self) -> list[th.nn.Parameter]:
+        return [param for param in self.policy.parameters() if param.requires_grad]
+
+    def _split_step(self, optimizer: KFACOptimizer, value_grads: list[th.Tensor | None]) -> PreconditionInfo:
+        """Precondition the policy part (in ``.grad``) and the value part (``value_grads``) each with its own
+        trust region, and leave their sum in ``.grad`` (see ``trust_region``)."""
+        kfac = optimizer.kfac
+        lr, group_lrs = optimizer.param_groups[0]["lr"], optimizer.group_lrs()
+        parameters = self._trainable_parameters()
+        policy_info = kfac.precondition(lr=lr, group_lrs=group_lrs)
+        policy_directions = [param.grad for param in parameters]
+        for param, grad in zip(parameters, value_grads, strict=True):
+            param.grad = grad
+        value_kl_clip = self.kl_clip if self.vf_kl_clip is None else self.vf_kl_clip
+        value_info = kfac.precondition(lr=lr, group_lrs=group_lrs, kl_clip=value_kl_clip, advance=False)
+        for param, direction in zip(parameters, policy_directions, strict=True):
+            if direction is not None:
+                param.grad = direction if param.grad is None else param.grad.add_(direction)
+        self._vf_step_scale = float(value_info.step_scale)
+        return dataclasses.replace(
+            policy_info,
+            predicted_kl=policy_info.predicted_kl + value_info.predicted_kl,
+            natural_grad_dot=policy_info.natural_grad_dot + value_info.natural_grad_dot,
+            inverses_updated=policy_info.inverses_updated or value_info.inverses_updated,
+            inverse_ms=policy_info.inverse_ms + value_info.inverse_ms,
+            precondition_ms=policy_info.precondition_ms + value_info.precondition_ms,
+        )
+
     def _a2c_backward(
         self,
         optimizer: th.optim.Optimizer,
@@ -648,6 +715,7 @@ class ACKTR(OnPolicyAlgorithm):
         advantages: th.Tensor,
         returns: th.Tensor,
         clock: _PhaseClock,
+        value_grads: list[th.Tensor | None] | None,
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """The gradient of A2C's loss over the whole batch, left in ``.grad``, accumulated over row chunks of
         ``micro_batch_size`` rows (every term is a mean: a chunk's loss is weighted by its share of the rows),
@@ -658,11 +726,11 @@ class ACKTR(OnPolicyAlgorithm):
         optimizer.zero_grad()
         if chunk >= rows:
             values, log_prob, entropy, _ = evaluate_with_distribution(self.policy, observations, actions)
-            loss, policy_loss, value_loss, entropy_loss = self._a2c_loss(
+            _, policy_loss, value_loss, entropy_loss = self._a2c_loss(
                 values, log_prob, entropy, advantages, returns
             )
             clock.lap("forward")
-            loss.backward()
+            self._backward(policy_loss, value_loss, entropy_loss, value_grads)
             clock.lap("backward")
             return policy_loss.detach(), value_loss.detach(), entropy_loss.detach()
         totals = th.zeros(3, device=actions.device)
@@ -672,10 +740,12 @@ class ACKTR(OnPolicyAlgorithm):
                 self.policy, _rows(observations, index), actions[index]
             )
             share = len(index) / rows
-            loss, *terms = self._a2c_loss(values, log_prob, entropy, advantages[index], returns[index])
-            totals += share * th.stack([term.detach() for term in terms])
+            _, policy_loss, value_loss, entropy_loss = self._a2c_loss(
+                values, log_prob, entropy, advantages[index], returns[index]
+            )
+            totals += share * th.stack([policy_loss.detach(), value_loss.detach(), entropy_loss.detach()])
             clock.lap("forward")
-            (share * loss).backward()
+            self._backward(policy_loss, value_loss, entropy_loss, value_grads, scale=share)
             clock.lap("backward")
         return totals[0], totals[1], totals[2]
 
@@ -695,6 +765,7 @@ class ACKTR(OnPolicyAlgorithm):
         kfac = optimizer.kfac
         cold = optimizer.in_cold_start
         guard_limit = self._kl_guard_limit()
+        split = getattr(self, "trust_region", "joint") == "split" and not cold
 
         phases: dict[str, float] = {}  # wall time of each part of the update (ms; CUDA: launch time)
         clock = _PhaseClock(phases)
@@ -710,6 +781,9 @@ class ACKTR(OnPolicyAlgorithm):
             if self.normalize_advantage:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
             old_distribution = None
+            value_grads: list[th.Tensor | None] | None = None
+            if split:
+                value_grads = [None] * len(self._trainable_parameters())
             if collect and subset is None:
                 # One forward pass feeds both losses; only the Fisher backward runs with the hooks on.
                 with kfac.collect_statistics():
@@ -722,11 +796,11 @@ class ACKTR(OnPolicyAlgorithm):
                     fisher_loss.backward(retain_graph=True)
                 clock.lap("fisher_backward")
                 old_distribution, kl_observations = snapshot(distribution), observations
-                loss, policy_loss, value_loss, entropy_loss = self._a2c_loss(
+                _, policy_loss, value_loss, entropy_loss = self._a2c_loss(
                     values, log_prob, entropy, advantages, rollout_data.returns
                 )
                 optimizer.zero_grad()
-                loss.backward()
+                self._backward(policy_loss, value_loss, entropy_loss, value_grads)
             else:
                 if collect:
                     # Statistics from a random subset: its own forward and Fisher backward (both shrink),
@@ -746,14 +820,18 @@ class ACKTR(OnPolicyAlgorithm):
                     with kfac.collect_statistics():  # inactive: only advances the statistics schedule
                         pass
                 policy_loss, value_loss, entropy_loss = self._a2c_backward(
-                    optimizer, observations, actions, advantages, rollout_data.returns, clock
+                    optimizer, observations, actions, advantages, rollout_data.returns, clock, value_grads
                 )
             if cold:
                 th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             clock.lap("backward")
             guarded = old_distribution is not None and guard_limit is not None
             step_start = optimizer.step_snapshot() if guarded else None
-            optimizer.step()  # preconditions with kfac.precondition(lr=η) unless cold
+            if value_grads is not None:
+                optimizer.last_info = self._split_step(optimizer, value_grads)
+                optimizer.step(preconditioned=True)
+            else:
+                optimizer.step()  # preconditions with kfac.precondition(lr=η) unless cold
             clock.lap("step")
 
             kl = None  # measured on the updates that collect statistics (on their subset)
@@ -794,10 +872,13 @@ class ACKTR(OnPolicyAlgorithm):
             self.logger.record("train/lr_multiplier", self.lr_multiplier)
         self.logger.record("train/kl_clip", float("nan") if kfac.kl_clip is None else float(kfac.kl_clip))
         self.logger.record("train/step_scale", 1.0 if info is None else float(info.step_scale.item()))
+        if split:
+            self.logger.record("train/vf_step_scale", self._vf_step_scale)
         if getattr(self, "vf_kl_clip", None) is not None:
             self.logger.record("train/vf_kl_clip", float(self.vf_kl_clip))  # type: ignore[arg-type]
-            vf_scale = 1.0 if info is None else float(info.group_step_scales[0].item())
-            self.logger.record("train/vf_step_scale", vf_scale)
+            if not split:
+                vf_scale = 1.0 if info is None or not info.group_step_scales else info.group_step_scales[0]
+                self.logger.record("train/vf_step_scale", float(vf_scale))
         self.logger.record("train/damping", float(kfac.damping))
         self.logger.record("train/eigh_failures", 0 if info is None else int(info.eigh_failures))
         self.logger.record("train/skipped_updates", optimizer.skipped_updates)

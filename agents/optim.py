@@ -197,9 +197,13 @@ class KFACOptimizer(th.optim.Optimizer):
         """True while the next ``step()`` is a plain-gradient cold step."""
         return self.steps_taken < self._cold_iter
 
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], float] | None = None, *, preconditioned: bool = False
+    ) -> float | None:
         """Precondition ``p.grad`` in place (unless cold) and take one momentum step; skip it (and count it)
-        if the loss or the update direction is not finite (see the module docstring)."""
+        if the loss or the update direction is not finite (see the module docstring). ``preconditioned``:
+        ``p.grad`` already holds the step direction (the caller ran ``kfac.precondition`` and set
+        ``last_info``); only the momentum step is taken."""
         loss = None
         if closure is not None:
             with th.enable_grad():
@@ -210,9 +214,10 @@ class KFACOptimizer(th.optim.Optimizer):
         else:
             if self.steps_taken == self._cold_iter and self._cold_iter > 0:
                 self.state.clear()  # fresh momentum for the K-FAC phase
-            # param_groups[1 + i] is trust-region group i (see __init__)
-            group_lrs = [group["lr"] for group in self.param_groups[1:]] or None
-            self.last_info = self.kfac.precondition(lr=self.param_groups[0]["lr"], group_lrs=group_lrs)
+            if not preconditioned:
+                self.last_info = self.kfac.precondition(
+                    lr=self.param_groups[0]["lr"], group_lrs=self.group_lrs()
+                )
         # the update direction as it will be applied (whatever produced it), not a proxy such as Σ⟨Δ, g⟩
         gradients = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         if not updates_are_finite(gradients, None if loss is None else float(loss)):
@@ -237,6 +242,10 @@ class KFACOptimizer(th.optim.Optimizer):
                     param.add_(state["momentum_buffer"], alpha=-group_step)
         self.steps_taken += 1
         return loss
+
+    def group_lrs(self) -> list[float] | None:
+        """η of each trust-region group (``param_groups[1 + i]`` is group i, see ``__init__``), or None."""
+        return [group["lr"] for group in self.param_groups[1:]] or None
 
     def _skip_update(self) -> None:
         self.skipped_updates += 1

@@ -47,6 +47,7 @@ DEFAULT_MAX_FACTOR_DIM = 8192
 # curvature, long enough to ride out a transient fault and short enough not to train on a dead layer.
 DEFAULT_MAX_REFRESH_FAILURES = 5
 STATE_VERSION = 2
+_UNSET: Any = object()  # "not given" where None is a meaningful value
 
 
 @dataclass
@@ -702,7 +703,12 @@ class KFAC:
 
     @torch.no_grad()
     def precondition(
-        self, lr: float | None = None, group_lrs: Sequence[float] | None = None
+        self,
+        lr: float | None = None,
+        group_lrs: Sequence[float] | None = None,
+        *,
+        kl_clip: float | None = _UNSET,
+        advance: bool = True,
     ) -> PreconditionInfo:
         """Rewrite every parameter's ``.grad`` with the trust-region-scaled natural gradient.
 
@@ -715,6 +721,9 @@ class KFAC:
             lr: the learning rate η of the step about to be taken (default: ``self.lr``).
             group_lrs: η of each ``trust_region_groups`` entry, in order, when those parameters are stepped
                 with their own learning rate (default: ``lr`` for every group).
+            kl_clip: the first group's trust region for this call only (default: ``self.kl_clip``).
+            advance: False preconditions a further gradient of the same update (e.g. another part of the
+                loss, with its own ``kl_clip``): no decomposition is refreshed and ``steps`` does not advance.
         """
         eta = self.current_lr() if lr is None else float(lr)
         if group_lrs is None:
@@ -729,7 +738,7 @@ class KFAC:
         start = time.perf_counter()
         refreshed = False
         for block, offset in zip(self.blocks, self._refresh_offsets(), strict=True):
-            due = (self.steps + offset) % self.update_inverses_every == 0
+            due = advance and (self.steps + offset) % self.update_inverses_every == 0
             if due or (block.has_factors and not block.has_curvature):
                 self._refresh_block(block)
                 refreshed = True
@@ -779,17 +788,20 @@ class KFAC:
             else:
                 group_dots[group] = group_dots[group] + param.grad.float().square().sum()
 
+        clips = [self._group_kl_clip(group) for group in range(group_count)]
+        if kl_clip is not _UNSET:
+            clips[0] = kl_clip
         if self.step_rule == "whitened":
             counts = self._group_parameter_counts()
             scales = [
                 kfac_math.whitened_step_scale(
-                    dot, group_etas[group], self._group_kl_clip(group), counts[group], self.reference_lr
+                    dot, group_etas[group], clips[group], counts[group], self.reference_lr
                 )
                 for group, dot in enumerate(group_dots)
             ]
         else:
             scales = [
-                kfac_math.trust_region_scale(dot, group_etas[group], self._group_kl_clip(group))
+                kfac_math.trust_region_scale(dot, group_etas[group], clips[group])
                 for group, dot in enumerate(group_dots)
             ]
         for block, direction, group in directions:
@@ -799,7 +811,8 @@ class KFAC:
             param.grad.mul_(scales[group].to(param.grad.dtype))
         precondition_seconds = time.perf_counter() - start
 
-        self.steps += 1
+        if advance:
+            self.steps += 1
         factor_seconds, self._factor_seconds = self._factor_seconds, 0.0
         natural_grad_dot = torch.stack(group_dots).sum()
         predicted_kl = torch.stack(

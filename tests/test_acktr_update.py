@@ -107,8 +107,9 @@ class TrainRecorder:
         )
 
 
-def a2c_gradients(policy: ActorCriticPolicy, model: ACKTR) -> dict[str, th.Tensor]:
-    """Gradient of the A2C loss on ``model.rollout_buffer`` at ``policy``, with SB3's ``evaluate_actions``."""
+def a2c_gradients(policy: ActorCriticPolicy, model: ACKTR, part: str = "all") -> dict[str, th.Tensor]:
+    """Gradient of the A2C loss on ``model.rollout_buffer`` at ``policy``, with SB3's ``evaluate_actions``;
+    ``part``: "all", or "policy" (policy gradient and entropy terms) or "value" (the critic term) alone."""
     data = next(model.rollout_buffer.get(batch_size=None))
     actions = data.actions
     if isinstance(model.action_space, spaces.Discrete):
@@ -118,13 +119,15 @@ def a2c_gradients(policy: ActorCriticPolicy, model: ACKTR) -> dict[str, th.Tenso
     advantages = data.advantages
     if model.normalize_advantage:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    loss = (
-        -(advantages * log_prob).mean()
-        + model.ent_coef * entropy_term
-        + model.vf_coef * F.mse_loss(data.returns, values.flatten())
-    )
+    policy_part = -(advantages * log_prob).mean() + model.ent_coef * entropy_term
+    value_part = model.vf_coef * F.mse_loss(data.returns, values.flatten())
+    loss = {"all": policy_part + value_part, "policy": policy_part, "value": value_part}[part]
     policy.zero_grad()
     loss.backward()
+    if part != "all":  # a part may not reach every parameter (the value head from the policy part)
+        return {
+            name: th.zeros_like(p) if p.grad is None else grad_of(p) for name, p in policy.named_parameters()
+        }
     return {name: grad_of(p) for name, p in policy.named_parameters()}
 
 
@@ -665,3 +668,49 @@ def test_micro_batch_size_auto_chunks_images_only_and_rejects_bad_values() -> No
     for bad in (0, -3, "big", True, 1.5):
         with pytest.raises(ValueError, match="micro_batch_size must be a positive int, 'auto' or None"):
             ACKTR("MlpPolicy", "CartPole-v1", micro_batch_size=bad)
+
+
+# ------------------------------------------------------------------------------- split trust region
+@pytest.mark.parametrize("kind", ["cnn", "sde"])
+@pytest.mark.parametrize("micro_batch_size", [None, 3])
+def test_split_trust_region_scales_the_policy_and_value_parts_separately(
+    kind: str, micro_batch_size: int | None
+) -> None:
+    """``trust_region="split"``: the step is ν_π F⁻¹g_π + ν_v F⁻¹g_v, each ν from its own part's ⟨Δ, g⟩ (the
+    policy's with kl_clip, the value's with vf_kl_clip), on a shared trunk (cnn) and on separate networks
+    with a Gaussian's log_std (sde), whole-batch and micro-batched."""
+    model = make_policy_model(kind)
+    model.trust_region = "split"
+    model.vf_kl_clip = 0.3 * model.kl_clip
+    model.micro_batch_size = micro_batch_size
+    model.kfac_kwargs = {"statistics_fraction": 0.5}
+    recorder = TrainRecorder(model)
+    model.learn(2 * 4 * 3)
+    assert model.kfac.steps == 3  # the second preconditioning of each update does not advance the schedule
+    previous, last = recorder.records[1], recorder.records[2]
+    lr, momentum = 0.25, 0.9
+    state = model.kfac.state_dict()
+    step = {}
+    scales = []
+    for part, clip in (("policy", model.kl_clip), ("value", model.vf_kl_clip)):
+        grads = a2c_gradients(last["before"], model, part)
+        directions = natural_gradients(grads, state, model.damping)
+        scale = trust_region_scale(directions, grads, lr, clip)
+        scales.append(scale)
+        for name, direction in directions.items():
+            step[name] = step.get(name, 0.0) + scale * direction
+    assert last["step_scale"] == pytest.approx(scales[0], rel=1e-3)
+    assert model.logger.name_to_value["train/vf_step_scale"] == pytest.approx(scales[1], rel=1e-3)
+    assert min(scales) < 1.0 and scales[0] != pytest.approx(scales[1], rel=1e-2)
+    old = named_params(last["before"])
+    for name, direction in step.items():
+        buffer = momentum * previous["buffers"][name].double() + direction
+        expected = old[name].double() - lr * (1 - momentum) * buffer
+        size = (expected - old[name].double()).abs().max().item()
+        error = (last["after"][name].double() - expected).abs().max().item()
+        assert error <= min(1e-5, 1e-2 * size), (name, error, size)
+
+
+def test_trust_region_rejects_unknown_modes() -> None:
+    with pytest.raises(ValueError, match="trust_region"):
+        ACKTR("MlpPolicy", "CartPole-v1", trust_region="separate")
