@@ -25,7 +25,7 @@ from stable_baselines3.common.policies import (
     MultiInputActorCriticPolicy,
 )
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import LinearSchedule, explained_variance
+from stable_baselines3.common.utils import LinearSchedule
 from torch.nn import functional as F
 
 from acktr.agents.fisher import (
@@ -36,6 +36,7 @@ from acktr.agents.fisher import (
     snapshot,
 )
 from acktr.agents.optim import KFACOptimizer
+from acktr.agents.rollouts import TensorRolloutMixin, explained_variance_of
 from acktr.curvature.preconditioner import STEP_RULES, PreconditionInfo
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
@@ -251,7 +252,7 @@ def _rows(observations: Any, index: th.Tensor) -> Any:
     return observations.index_select(0, index)
 
 
-class ACKTR(OnPolicyAlgorithm):
+class ACKTR(TensorRolloutMixin, OnPolicyAlgorithm):
     """Actor Critic using Kronecker-Factored Trust Region — a drop-in replacement for SB3's ``A2C``.
 
     Each update: one forward pass over the rollout; the sampled Fisher loss (actions resampled from the
@@ -846,9 +847,7 @@ class ACKTR(OnPolicyAlgorithm):
                 )
             clock.lap("kl")
 
-        explained_var = explained_variance(
-            self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
-        )
+        explained_var = explained_variance_of(self.rollout_buffer)
         info = optimizer.last_info
         self._n_updates += 1
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
