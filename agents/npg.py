@@ -26,12 +26,12 @@ from stable_baselines3.common.policies import (
     MultiInputActorCriticPolicy,
 )
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import explained_variance
 from torch import nn
 from torch.nn import functional as F
 
 from acktr.agents.acktr import critic_only_parameter_names
 from acktr.agents.fisher import mean_kl, sampled_log_prob, snapshot
+from acktr.agents.rollouts import TensorRolloutMixin, explained_variance_of
 from acktr.curvature import KFAC
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
@@ -203,7 +203,7 @@ class NPGOptimizer(th.optim.Optimizer):
 # ------------------------------------------------------------------------------------------------ the agent
 
 
-class NPG(OnPolicyAlgorithm):
+class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
     """Natural policy gradient with a K-FAC Fisher — a drop-in replacement for sb3-contrib's ``TRPO``.
 
     Each update, on the rollout (every ``sub_sampling_factor``-th row of it, as TRPO):
@@ -564,9 +564,7 @@ class NPG(OnPolicyAlgorithm):
         critic_ms = 1e3 * (time.perf_counter() - start) - policy_ms
 
         self._n_updates += 1
-        explained_var = explained_variance(
-            self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
-        )
+        explained_var = explained_variance_of(self.rollout_buffer)
         self.logger.record("train/policy_objective", policy_logs["policy_objective"])
         self.logger.record("train/value_loss", sum(value_losses) / max(len(value_losses), 1))
         self.logger.record("train/kl", policy_logs["kl"])
