@@ -271,7 +271,8 @@ def run(args: argparse.Namespace) -> str:
         f"## CartPole training loop, ACKTR, {args.loop_envs} copies",
         "",
         f"`ACKTR('MlpPolicy', env, n_steps=5)` after 12 warm-up updates; {args.loop_updates} updates per "
-        "timed run. Whole loop: `learn()` steps/s (rollouts and updates); rollouts: `collect_rollouts` alone.",
+        "timed run. Whole loop: `learn()` steps/s (rollouts and updates); rollouts: `collect_rollouts` "
+        "alone.",
         "",
         "| path | whole loop steps/s | vs gymnasium | rollouts steps/s | vs gymnasium |",
         "|---|---:|---:|---:|---:|",
