@@ -9,8 +9,11 @@ after the other on the same machine with the same torch thread count:
 2. **SB3 A2C**: ``A2C("CnnPolicy", VecFrameStack(make_atari_env("<Game>NoFrameskip-v4", n_envs=16), 4))``
    with A2C's defaults, the same warm-up and timing.
 3. **env only**: our env backend for the same ``n_envs`` stepped with random actions (the ceiling).
+4. **SB3 env only**: SB3's pipeline of 2. stepped with random actions, for its memory.
 
-Ratios printed: acktr ÷ A2C (target ≥ 2), acktr ÷ env-only (target ≥ 0.5), peak RSS acktr ÷ A2C (≤ 1.2).
+Ratios printed: acktr ÷ A2C (target ≥ 2), acktr ÷ env-only (target ≥ 0.5), peak RSS acktr ÷ A2C (≤ 1.2), and
+each agent's memory above its own env process (peak RSS minus the env-only run's), which separates what the
+agent holds from what its env pipeline holds (32 envpool copies against SB3's 16 ALE copies).
 """
 
 from __future__ import annotations
@@ -93,6 +96,35 @@ def _measure_sb3_a2c(env: str, warmup: int, steps: int, threads: int) -> dict[st
     return {**result, "threads": threads, "rss_mb": _peak_rss_mb()}
 
 
+def _measure_sb3_env_only(env: str, steps: int) -> dict[str, Any]:
+    import ale_py
+    import gymnasium as gym
+    import numpy as np
+    import stable_baselines3  # noqa: F401  (imported as in the A2C run, for a comparable baseline)
+    import torch  # noqa: F401
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    from acktr.envs import resolve_env_id
+
+    gym.register_envs(ale_py)
+    game = resolve_env_id(env).removeprefix("ALE/").split("-")[0]
+    venv = VecFrameStack(make_atari_env(f"{game}NoFrameskip-v4", n_envs=ATARI_REFERENCE_ENVS, seed=0), 4)
+    try:
+        venv.reset()
+        rng = np.random.default_rng(0)
+        vector_steps = max(1, steps // ATARI_REFERENCE_ENVS)
+        n_actions = int(venv.action_space.n)  # type: ignore[attr-defined]
+        actions = rng.integers(0, n_actions, size=(vector_steps, ATARI_REFERENCE_ENVS))
+        start = time.perf_counter()
+        for t in range(vector_steps):
+            venv.step(actions[t])
+        elapsed = time.perf_counter() - start
+    finally:
+        venv.close()
+    return {"steps_per_s": vector_steps * ATARI_REFERENCE_ENVS / elapsed, "rss_mb": _peak_rss_mb()}
+
+
 def _measure_env_only(env: str, n_envs: int, backend: str, steps: int) -> dict[str, Any]:
     import numpy as np
 
@@ -132,6 +164,10 @@ def run(args: argparse.Namespace) -> str:
     print(f"SB3 A2C: {a2c['steps_per_s']:,.0f} steps/s", flush=True)
     env_only = _in_fresh_process(_measure_env_only, args.env, ours["n_envs"], ours["backend"], args.steps)
     print(f"env only: {env_only['steps_per_s']:,.0f} steps/s", flush=True)
+    sb3_env = _in_fresh_process(_measure_sb3_env_only, args.env, args.steps)
+    print(f"SB3 env only: {sb3_env['steps_per_s']:,.0f} steps/s", flush=True)
+    ours_above_env = ours["rss_mb"] - env_only["rss_mb"]
+    a2c_above_env = a2c["rss_mb"] - sb3_env["rss_mb"]
 
     lines = [
         f"# Training throughput on {args.env}: `acktr train` vs SB3 A2C's Atari pipeline",
@@ -141,7 +177,7 @@ def run(args: argparse.Namespace) -> str:
         f"`acktr train --env {args.env}` builds it ({ours['n_envs']} envs, backend {ours['backend']}). "
         "SB3 A2C: `A2C('CnnPolicy')` with its defaults on "
         f"`make_atari_env(..., n_envs={ATARI_REFERENCE_ENVS})` + `VecFrameStack(4)`. Env only: our backend "
-        "stepped with random actions. Machine: "
+        "stepped with random actions; SB3 env only: SB3's pipeline stepped the same way. Machine: "
         f"{platform.processor() or platform.machine()}, {multiprocessing.cpu_count()} cores.",
         "",
         "| run | env steps/s | time in train() | peak RSS MB |",
@@ -149,9 +185,14 @@ def run(args: argparse.Namespace) -> str:
         f"| acktr | {ours['steps_per_s']:,.0f} | {ours['train_share']:.0%} | {ours['rss_mb']:,.0f} |",
         f"| SB3 A2C | {a2c['steps_per_s']:,.0f} | {a2c['train_share']:.0%} | {a2c['rss_mb']:,.0f} |",
         f"| env only | {env_only['steps_per_s']:,.0f} | — | {env_only['rss_mb']:,.0f} |",
+        f"| SB3 env only | {sb3_env['steps_per_s']:,.0f} | — | {sb3_env['rss_mb']:,.0f} |",
         "",
         f"- acktr ÷ SB3 A2C: **{ours['steps_per_s'] / a2c['steps_per_s']:.2f}×** (target ≥ 2.0)",
         f"- acktr ÷ env only: **{ours['steps_per_s'] / env_only['steps_per_s']:.2f}** (target ≥ 0.5)",
         f"- peak RSS acktr ÷ SB3 A2C: **{ours['rss_mb'] / a2c['rss_mb']:.2f}×** (target ≤ 1.2)",
+        f"- memory above the env process (peak RSS − env-only peak RSS): acktr {ours_above_env:,.0f} MB, "
+        f"SB3 A2C {a2c_above_env:,.0f} MB; env processes {env_only['rss_mb']:,.0f} MB "
+        f"({ours['n_envs']} envs, {ours['backend']}) vs {sb3_env['rss_mb']:,.0f} MB "
+        f"({ATARI_REFERENCE_ENVS} envs, SB3)",
     ]
     return "\n".join(lines) + "\n"
