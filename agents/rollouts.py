@@ -7,8 +7,9 @@ behind :class:`~acktr.envs.adapters.TorchVecEnvAdapter` none of that is needed: 
 steps the env with the policy's action tensor and writes observations, actions, rewards and episode starts
 straight into a :class:`TensorRolloutBuffer` on the env's device. Time-limit bootstrapping, the non-finite
 check, episode statistics and callbacks keep SB3's semantics; info dicts exist only for the copies whose
-episode ended in that step (every other entry of ``infos`` is one shared empty mapping). The one host
-transfer per step is the ``done`` mask (free on a CPU).
+episode ended in that step (every other entry of ``infos`` is one shared empty mapping). Host transfers: one
+per step (the ``done`` mask with the three finite checks), one more on steps where an episode ended (the
+finished copies' statistics), and the last observation once per rollout; free on a CPU.
 
 :func:`tensor_rollouts_apply` decides when the fast path is taken: a torch env, seen directly or through
 :class:`~acktr.guards.VecCheckFinite` only (any other wrapper, e.g. ``VecNormalize``, changes what the agent
@@ -187,11 +188,10 @@ class TensorRolloutMixin:
         return [*super()._excluded_save_params(), "_numpy_rollout_buffer", "_tensor_rollout_buffer"]  # type: ignore[misc]
 
 
-def _check_finite(check: VecCheckFinite | None, what: str, tensor: th.Tensor, verb: str) -> None:
-    """:class:`VecCheckFinite`'s one-line error for a tensor (one reduction; a host copy only on failure)."""
-    if check is not None and not bool(th.isfinite(tensor).all()):
-        check._check(what, tensor.detach().cpu().numpy(), verb)
-        raise NonFiniteEnvError(f"{check.env_id}: a non-finite {what} at env step {check.env_steps:,}")
+def _raise_non_finite(check: VecCheckFinite, what: str, tensor: th.Tensor, verb: str) -> None:
+    """:class:`VecCheckFinite`'s one-line error for a tensor known to hold a NaN/inf."""
+    check._check(what, tensor.detach().cpu().numpy(), verb)
+    raise NonFiniteEnvError(f"{check.env_id}: a non-finite {what} at env step {check.env_steps:,}")
 
 
 def collect_tensor_rollout(
@@ -236,25 +236,44 @@ def collect_tensor_rollout(
                 clipped_actions = low + 0.5 * (actions + 1.0) * (high - low)
             else:
                 clipped_actions = th.clamp(actions, low, high)
-        _check_finite(check, "action", clipped_actions, "")
         step = torch_env.step(clipped_actions.to(torch_env.device))
-        if check is not None:
-            check.env_steps += env.num_envs
         new_obs = step.obs.to(device, th.float32)
         rewards = step.reward.to(device, th.float32)
-        _check_finite(check, "observation", new_obs, "returned")
-        _check_finite(check, "reward", rewards, "returned")
         done_mask = step.terminated | step.truncated
-        dones = done_mask.cpu().numpy()  # the step's one host transfer (a view on a CPU)
-        algorithm.num_timesteps += env.num_envs
-        infos: list[Any] = [_NO_INFO] * env.num_envs
+        n_envs = env.num_envs
+        if check is None:
+            dones = done_mask.cpu().numpy()  # the step's one host transfer (a view on a CPU)
+        else:  # the finite checks ride along in the same transfer
+            finite = [th.isfinite(tensor).all() for tensor in (clipped_actions, new_obs, rewards)]
+            host = th.cat([done_mask.to(device), th.stack(finite)]).cpu().numpy()
+            dones, finite_on_host = host[:n_envs], host[n_envs:]
+            if not finite_on_host[0]:
+                _raise_non_finite(check, "action", clipped_actions, "")
+            check.env_steps += n_envs
+            for ok, what, tensor in zip(
+                finite_on_host[1:], ("observation", "reward"), (new_obs, rewards), strict=True
+            ):
+                if not ok:
+                    _raise_non_finite(check, what, tensor, "returned")
+        algorithm.num_timesteps += n_envs
+        infos: list[Any] = [_NO_INFO] * n_envs
         done_ids = np.flatnonzero(dones)
         if len(done_ids):
-            final_obs = step.final_obs.to(device, th.float32)[th.as_tensor(done_ids, device=device)]
-            _check_finite(check, "terminal observation", final_obs, "returned")
-            by_time = (step.truncated & ~step.terminated).cpu().numpy()[done_ids]
-            returns = step.episode_return.cpu().numpy()[done_ids].tolist()
-            lengths = step.episode_length.cpu().numpy()[done_ids].tolist()
+            done_rows = th.as_tensor(done_ids, device=device)
+            final_obs = step.final_obs.to(device, th.float32)[done_rows]
+            # one transfer for the finished copies' statistics (and their terminal observations' check)
+            columns = [
+                (step.truncated & ~step.terminated).to(device, th.float64)[done_rows],
+                step.episode_return.to(device, th.float64)[done_rows],
+                step.episode_length.to(device, th.float64)[done_rows],
+                th.isfinite(final_obs).all(dim=1).to(th.float64),
+            ]
+            by_time_column, return_column, length_column, finite_column = th.stack(columns).cpu().numpy()
+            if check is not None and not finite_column.all():
+                _raise_non_finite(check, "terminal observation", final_obs, "returned")
+            by_time = by_time_column.astype(bool)
+            returns = return_column.tolist()
+            lengths = length_column.astype(np.int64).tolist()
             elapsed = round(time.time() - adapter._start_time, 6)
             for row, (index, timed_out) in enumerate(zip(done_ids.tolist(), by_time.tolist(), strict=True)):
                 episode = {"r": round(returns[row], 6), "l": lengths[row], "t": elapsed}
