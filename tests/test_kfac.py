@@ -94,6 +94,33 @@ def test_trust_region_scale_matches_formula_and_scales_uncovered_parameters() ->
     torch.testing.assert_close(model.temperature.grad, raw_temperature * expected_scale, rtol=1e-5, atol=1e-8)
 
 
+def test_a_further_gradient_of_the_same_update_neither_refreshes_nor_advances() -> None:
+    """``precondition(advance=False, kl_clip=c)``: the same curvature (no refresh, ``steps`` unchanged) and
+    the trust region ``c`` for this call only, as the split trust region of ACKTR uses it."""
+    model, x, labels = make_problem()
+    lr = 0.5
+    kfac = KFAC(model, lr=lr, kl_clip=1e-4, update_inverses_every=1, warn_unsupported=False)
+    with kfac.collect_statistics():
+        logits = model(x)
+        sampled_fisher_loss(logits).backward(retain_graph=True)
+    model.zero_grad()
+    F.cross_entropy(logits, labels).backward()
+    gradients = [p.grad.clone() for p in model.parameters()]
+    first = kfac.precondition()
+    assert kfac.steps == 1 and first.inverses_updated
+    scaled = [p.grad.clone() for p in model.parameters()]
+    for param, grad in zip(model.parameters(), gradients, strict=True):
+        param.grad = grad.clone()
+    again = kfac.precondition(kl_clip=None, advance=False)  # due every update, but not refreshed here
+    assert kfac.steps == 1 and not again.inverses_updated and kfac.kl_clip == 1e-4
+    assert float(again.step_scale) == 1.0  # no trust region for this call
+    assert float(again.natural_grad_dot) == pytest.approx(float(first.natural_grad_dot), rel=1e-6)
+    expected = min(1.0, (1e-4 / (lr**2 * float(first.natural_grad_dot))) ** 0.5)
+    assert float(first.step_scale) == pytest.approx(expected, rel=1e-5) and expected < 1.0
+    for param, first_step in zip(model.parameters(), scaled, strict=True):  # same direction, other scale
+        torch.testing.assert_close(first_step, param.grad * expected, rtol=1e-5, atol=1e-8)
+
+
 def test_trust_region_formula_function() -> None:
     dot = torch.tensor(4.0)
     assert float(kfac_math.trust_region_scale(dot, 0.5, 0.01)) == pytest.approx((0.01 / (0.25 * 4.0)) ** 0.5)
