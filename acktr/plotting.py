@@ -27,6 +27,15 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (cumulative[index] - cumulative[lower]) / (index - lower)
 
 
+def on_common_grid(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Curves ``(steps (n_i,), values (n_i,))`` interpolated onto ``GRID_POINTS`` steps that every curve
+    covers: returns (grid (G,), values (R, G)) for R curves."""
+    end = min(float(steps[-1]) for steps, _ in curves)
+    start = max(float(steps[0]) for steps, _ in curves)
+    grid = np.linspace(start, end, GRID_POINTS) if end > start else np.array([end])
+    return grid, np.stack([np.interp(grid, steps, values) for steps, values in curves])
+
+
 def load_curve(run_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
     """(label, steps, returns) of a run: label ``"<algo> <env id>"``, arrays of shape (episodes,)."""
     if not run_dir.is_dir():
@@ -74,11 +83,8 @@ def plot_runs(
             (line,) = axes.plot(steps, moving_average(returns, window), label=label)
             axes.scatter(steps, returns, s=3, alpha=0.15, color=line.get_color())
             continue
-        end = min(steps[-1] for steps, _ in curves)
-        start = max(steps[0] for steps, _ in curves)
-        grid = np.linspace(start, end, GRID_POINTS) if end > start else np.array([end])
-        smoothed = np.stack(
-            [np.interp(grid, steps, moving_average(returns, window)) for steps, returns in curves]
+        grid, smoothed = on_common_grid(
+            [(steps, moving_average(returns, window)) for steps, returns in curves]
         )
         (line,) = axes.plot(grid, smoothed.mean(axis=0), label=f"{label} ({len(curves)} runs)")
         axes.fill_between(
@@ -98,4 +104,4 @@ def plot_runs(
     return out_path
 
 
-__all__ = ["load_curve", "moving_average", "plot_runs"]
+__all__ = ["load_curve", "moving_average", "on_common_grid", "plot_runs"]

@@ -245,8 +245,13 @@ class _PhaseClock:
         self.last = now
 
 
-def _rows(observations: Any, index: th.Tensor) -> Any:
-    """The rows ``index`` of a batch of observations (a tensor or a dict of tensors)."""
+def _rows(observations: Any, index: th.Tensor | slice) -> Any:
+    """The rows ``index`` (an index tensor, or a slice: views) of a batch of observations (a tensor or a
+    dict of tensors)."""
+    if isinstance(index, slice):
+        if isinstance(observations, dict):
+            return {key: value[index] for key, value in observations.items()}
+        return observations[index]
     if isinstance(observations, dict):
         return {key: value.index_select(0, index) for key, value in observations.items()}
     return observations.index_select(0, index)
@@ -727,24 +732,15 @@ class ACKTR(TensorRolloutMixin, OnPolicyAlgorithm):
         rows = len(actions)
         chunk = self._micro_batch_rows(observations, rows)
         optimizer.zero_grad()
-        if chunk >= rows:
-            values, log_prob, entropy, _ = evaluate_with_distribution(self.policy, observations, actions)
-            _, policy_loss, value_loss, entropy_loss = self._a2c_loss(
-                values, log_prob, entropy, advantages, returns
-            )
-            clock.lap("forward")
-            self._backward(policy_loss, value_loss, entropy_loss, value_grads)
-            clock.lap("backward")
-            return policy_loss.detach(), value_loss.detach(), entropy_loss.detach()
         totals = th.zeros(3, device=actions.device)
         for start in range(0, rows, chunk):
-            index = th.arange(start, min(start + chunk, rows), device=actions.device)
+            part = slice(start, start + chunk)  # views, no copies; the whole batch when chunk >= rows
             values, log_prob, entropy, _ = evaluate_with_distribution(
-                self.policy, _rows(observations, index), actions[index]
+                self.policy, _rows(observations, part), actions[part]
             )
-            share = len(index) / rows
+            share = len(log_prob) / rows
             _, policy_loss, value_loss, entropy_loss = self._a2c_loss(
-                values, log_prob, entropy, advantages[index], returns[index]
+                values, log_prob, entropy, advantages[part], returns[part]
             )
             totals += share * th.stack([policy_loss.detach(), value_loss.detach(), entropy_loss.detach()])
             clock.lap("forward")

@@ -21,7 +21,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from acktr.bench.sample_efficiency import parse_override, parse_selection, run_config, run_specs
+from acktr.bench.sample_efficiency import (
+    add_selection_arguments,
+    parse_override,
+    parse_selection,
+    run_config,
+    run_specs,
+)
 
 
 class Task(NamedTuple):
@@ -53,27 +59,9 @@ DEFAULT_ACKTR_OVERRIDES: dict[str, tuple[str, ...]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--envs",
-        default=",".join(DEFAULT_ENVS),
-        help=f"comma-separated env ids among {', '.join(TASKS)} (default: the two MountainCar tasks)",
+    add_selection_arguments(
+        parser, TASKS, DEFAULT_ENVS, ALGOS, seeds=5, envs_default_text="the two MountainCar tasks"
     )
-    parser.add_argument(
-        "--algos",
-        default=",".join(ALGOS),
-        help="comma-separated registry names (default: noisy-acktr,acktr,ppo)",
-    )
-    parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1; default 5)")
-    parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument(
-        "--budget",
-        action="append",
-        default=[],
-        metavar="ENV=STEPS",
-        help="step budget for one env (repeatable); defaults: "
-        + ", ".join(f"{env} {task.budget:g}" for env, task in TASKS.items()),
-    )
-    parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes (1 torch thread each)")
     parser.add_argument(
         "--override",
         action="append",

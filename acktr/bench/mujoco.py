@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from acktr.bench.sample_efficiency import parse_selection, run_config, run_specs
+from acktr.bench.sample_efficiency import add_selection_arguments, parse_selection, run_config, run_specs
 
 
 class Task(NamedTuple):
@@ -46,29 +46,10 @@ WINDOW = 100
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--envs",
-        default=",".join(DEFAULT_ENVS),
-        help=f"comma-separated env ids among {', '.join(TASKS)} (default: {','.join(DEFAULT_ENVS)})",
-    )
-    parser.add_argument(
-        "--algos",
-        default=",".join(ALGOS),
-        help="comma-separated registry names (as `acktr train --algo`; default: acktr,npg,ppo,trpo)",
-    )
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1; default 3)")
-    parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument(
-        "--budget",
-        action="append",
-        default=[],
-        metavar="ENV=STEPS",
-        help="step budget for one env (repeatable; default 1M each)",
-    )
+    add_selection_arguments(parser, TASKS, DEFAULT_ENVS, ALGOS, seeds=3)
     parser.add_argument(
         "--steps", type=float, default=None, help="step budget for every env (overrides the defaults)"
     )
-    parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes (1 torch thread each)")
     parser.add_argument(
         "--results",
         default="mujoco_runs.jsonl",
@@ -257,7 +238,7 @@ def plot_curves(results: list[RunResult], envs: list[str], algos: list[str], out
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from acktr.plotting import GRID_POINTS, moving_average
+    from acktr.plotting import moving_average, on_common_grid
 
     shown = [env for env in envs if any(r.spec.env_id == env for r in results)]
     figure, axes_list = plt.subplots(
@@ -272,10 +253,7 @@ def plot_curves(results: list[RunResult], envs: list[str], algos: list[str], out
             ]
             if not curves:
                 continue
-            end = min(int(steps[-1]) for steps, _ in curves)
-            start = max(int(steps[0]) for steps, _ in curves)
-            grid = np.linspace(start, end, GRID_POINTS) if end > start else np.array([float(end)])
-            stacked = np.stack([np.interp(grid, steps, averages) for steps, averages in curves])
+            grid, stacked = on_common_grid(curves)
             (line,) = axes.plot(grid, stacked.mean(axis=0), label=f"{algo.upper()} ({len(curves)})")
             axes.fill_between(
                 grid, stacked.min(axis=0), stacked.max(axis=0), alpha=0.2, color=line.get_color()

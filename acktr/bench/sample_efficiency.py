@@ -59,18 +59,29 @@ DEFAULT_ENVS = ("CartPole-v1", "Acrobot-v1", "LunarLander-v3", "Pendulum-v1")
 ALGOS = ("acktr", "a2c", "ppo")  # the default comparison; --algos takes any name of acktr.algorithms
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_selection_arguments(
+    parser: argparse.ArgumentParser,
+    tasks: Mapping[str, Any],
+    default_envs: Sequence[str],
+    default_algos: Sequence[str],
+    seeds: int,
+    envs_default_text: str | None = None,
+) -> None:
+    """``--envs``, ``--algos``, ``--seeds``, ``--first-seed``, ``--budget`` and ``--jobs`` of the seeded-run
+    benchmarks (read back by :func:`parse_selection` and :func:`run_specs`); ``tasks`` maps env ids to their
+    ``Task`` (with a ``budget``)."""
     parser.add_argument(
         "--envs",
-        default=",".join(DEFAULT_ENVS),
-        help=f"comma-separated env ids among {', '.join(TASKS)} (default: the four classic-control ones)",
+        default=",".join(default_envs),
+        help=f"comma-separated env ids among {', '.join(tasks)} "
+        f"(default: {envs_default_text or ','.join(default_envs)})",
     )
     parser.add_argument(
         "--algos",
-        default=",".join(ALGOS),
-        help="comma-separated registry names (as `acktr train --algo`; default: acktr,a2c,ppo)",
+        default=",".join(default_algos),
+        help=f"comma-separated registry names (as `acktr train --algo`; default: {','.join(default_algos)})",
     )
-    parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1; default 5)")
+    parser.add_argument("--seeds", type=int, default=seeds, help=f"number of seeds (0..N-1; default {seeds})")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument(
         "--budget",
@@ -78,9 +89,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ENV=STEPS",
         help="step budget for one env (repeatable); defaults: "
-        + ", ".join(f"{env} {task.budget:g}" for env, task in TASKS.items()),
+        + ", ".join(f"{env} {task.budget:g}" for env, task in tasks.items()),
     )
     parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes (1 torch thread each)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_selection_arguments(
+        parser, TASKS, DEFAULT_ENVS, ALGOS, seeds=5, envs_default_text="the four classic-control ones"
+    )
     parser.add_argument(
         "--acktr-override",
         action="append",

@@ -96,10 +96,28 @@ def _measure_sb3_a2c(env: str, warmup: int, steps: int, threads: int) -> dict[st
     return {**result, "threads": threads, "rss_mb": _peak_rss_mb()}
 
 
+def _random_steps_per_s(venv: Any, steps: int) -> float:
+    """Env steps/s of ``venv`` under uniformly random discrete actions (about ``steps`` env steps, the
+    actions drawn before timing); closes ``venv``."""
+    import numpy as np
+
+    try:
+        venv.reset()
+        n_envs = venv.num_envs
+        vector_steps = max(1, steps // n_envs)
+        actions = np.random.default_rng(0).integers(0, int(venv.action_space.n), size=(vector_steps, n_envs))
+        start = time.perf_counter()
+        for t in range(vector_steps):
+            venv.step(actions[t])
+        elapsed = time.perf_counter() - start
+    finally:
+        venv.close()
+    return vector_steps * n_envs / elapsed
+
+
 def _measure_sb3_env_only(env: str, steps: int) -> dict[str, Any]:
     import ale_py
     import gymnasium as gym
-    import numpy as np
     import stable_baselines3  # noqa: F401  (imported as in the A2C run, for a comparable baseline)
     import torch  # noqa: F401
     from stable_baselines3.common.env_util import make_atari_env
@@ -110,40 +128,14 @@ def _measure_sb3_env_only(env: str, steps: int) -> dict[str, Any]:
     gym.register_envs(ale_py)
     game = resolve_env_id(env).removeprefix("ALE/").split("-")[0]
     venv = VecFrameStack(make_atari_env(f"{game}NoFrameskip-v4", n_envs=ATARI_REFERENCE_ENVS, seed=0), 4)
-    try:
-        venv.reset()
-        rng = np.random.default_rng(0)
-        vector_steps = max(1, steps // ATARI_REFERENCE_ENVS)
-        n_actions = int(venv.action_space.n)  # type: ignore[attr-defined]
-        actions = rng.integers(0, n_actions, size=(vector_steps, ATARI_REFERENCE_ENVS))
-        start = time.perf_counter()
-        for t in range(vector_steps):
-            venv.step(actions[t])
-        elapsed = time.perf_counter() - start
-    finally:
-        venv.close()
-    return {"steps_per_s": vector_steps * ATARI_REFERENCE_ENVS / elapsed, "rss_mb": _peak_rss_mb()}
+    return {"steps_per_s": _random_steps_per_s(venv, steps), "rss_mb": _peak_rss_mb()}
 
 
 def _measure_env_only(env: str, n_envs: int, backend: str, steps: int) -> dict[str, Any]:
-    import numpy as np
-
     from acktr.envs import make_env
 
     venv = make_env(env, n_envs=n_envs, seed=0, backend=backend)
-    try:
-        venv.reset()
-        rng = np.random.default_rng(0)
-        n_actions = int(venv.action_space.n)
-        vector_steps = max(1, steps // n_envs)
-        actions = rng.integers(0, n_actions, size=(vector_steps, n_envs))
-        start = time.perf_counter()
-        for t in range(vector_steps):
-            venv.step(actions[t])
-        elapsed = time.perf_counter() - start
-    finally:
-        venv.close()
-    return {"steps_per_s": vector_steps * n_envs / elapsed, "rss_mb": _peak_rss_mb()}
+    return {"steps_per_s": _random_steps_per_s(venv, steps), "rss_mb": _peak_rss_mb()}
 
 
 def _in_fresh_process(function: Any, *args: Any) -> dict[str, Any]:
