@@ -272,7 +272,9 @@ def low_rank_eigh(
             return None
         zero = torch.zeros((), dtype=factor.dtype, device=factor.device)
         return LowRankEigen(exact.eigenvalues, exact.eigenvectors, zero)
-    matrix = symmetrise(factor)
+    # Only products with the factor are taken, so its rounding-level asymmetry is harmless: no symmetrised
+    # copy of a wide factor (a transposed pass over d² entries that costs as much as a product).
+    matrix = factor
     try:
         basis = torch.randn(dim, rank + oversample, dtype=matrix.dtype, device=matrix.device)
         basis, _ = torch.linalg.qr(matrix @ basis)
@@ -295,9 +297,15 @@ def low_rank_precondition(
     """``(Â ⊗ Ĝ + λI)⁻¹ vec(V)`` for low-rank-plus-isotropic factors, exactly, in ``O(d_out d_in k)``.
 
     With ``P = U Uᵀ`` on each side, ``V`` splits into four parts (top/rest of ``G`` × top/rest of ``A``),
-    each an eigenspace of ``Â ⊗ Ĝ``: ``Q_Gᵀ V Q_A`` is divided by ``g aᵀ + λ``, the top-of-``G`` ×
-    rest-of-``A`` part by ``g σ_A + λ``, the rest × top part by ``σ_G a + λ`` and the rest × rest part by
-    ``σ_G σ_A + λ``.
+    each an eigenspace of ``Â ⊗ Ĝ`` with its own divisor: ``g aᵀ + λ`` (top × top), ``s_G = 1/(g σ_A + λ)``
+    (top × rest), ``s_A = 1/(σ_G a + λ)`` (rest × top) and ``c = 1/(σ_G σ_A + λ)`` (rest × rest). Expanding
+    the projections gathers the four parts into
+
+    ``c V + Q_G [diag(s_G − c) Q_Gᵀ V + M Q_Aᵀ] + (V Q_A) diag(s_A − c) Q_Aᵀ``,
+    ``M = C ⊘ (g aᵀ + λ) − diag(s_G) C − C diag(s_A) + c C``, ``C = Q_Gᵀ V Q_A``,
+
+    three ``(d_out × d_in × k)`` products and one pass over ``V``. A full-rank side has no rest part
+    (its terms cancel) and takes the shorter form.
 
     Args:
         grad_matrix: ``V`` ``(d_out, d_in')``; ``activation`` over ``d_in'``, ``gradient`` over ``d_out``.
@@ -308,18 +316,27 @@ def low_rank_precondition(
     q_a, a = activation.eigenvectors, activation.eigenvalues
     q_g, g = gradient.eigenvectors, gradient.eigenvalues
     v_qa = grad_matrix @ q_a  # (d_out, k_a)
-    core = q_g.T @ v_qa  # (k_g, k_a)
-    result = q_g @ (core / (torch.outer(g, a) + damping)) @ q_a.T
-    if not activation.full_rank:
-        top_rest = q_g.T @ grad_matrix - core @ q_a.T  # Q_Gᵀ V (I − P_A): (k_g, d_in')
-        result = result + q_g @ (top_rest / (g * activation.residual + damping)[:, None])
-    if not gradient.full_rank:
-        rest_top = v_qa - q_g @ core  # (I − P_G) V Q_A: (d_out, k_a)
-        result = result + (rest_top / (gradient.residual * a + damping)[None, :]) @ q_a.T
-        if not activation.full_rank:
-            rest_rest = grad_matrix - q_g @ (q_g.T @ grad_matrix) - v_qa @ q_a.T + q_g @ core @ q_a.T
-            result = result + rest_rest / (gradient.residual * activation.residual + damping)
-    return result
+    core = q_g.T @ v_qa  # C: (k_g, k_a)
+    top_top = core / (torch.outer(g, a) + damping)
+    if activation.full_rank and gradient.full_rank:
+        return q_g @ top_top @ q_a.T
+    if activation.full_rank:  # V = V Q_A Q_Aᵀ: only the rest-of-G × top-of-A part is added
+        rest_scale = 1.0 / (gradient.residual * a + damping)  # s_A (k_a,)
+        return torch.addmm(v_qa * rest_scale, q_g, top_top - core * rest_scale) @ q_a.T
+    if gradient.full_rank:  # V = Q_G Q_Gᵀ V: only the top-of-G × rest-of-A part is added
+        rest_scale = 1.0 / (g * activation.residual + damping)  # s_G (k_g,)
+        top_rows = torch.addmm(
+            (q_g.T @ grad_matrix) * rest_scale[:, None], top_top - rest_scale[:, None] * core, q_a.T
+        )
+        return q_g @ top_rows
+    rest_rest = 1.0 / (gradient.residual * activation.residual + damping)  # c, 0-dim
+    top_rest = 1.0 / (g * activation.residual + damping)  # s_G (k_g,)
+    rest_top = 1.0 / (gradient.residual * a + damping)  # s_A (k_a,)
+    mixed = top_top - top_rest[:, None] * core - core * rest_top + rest_rest * core  # M (k_g, k_a)
+    top_rows = torch.addmm((top_rest - rest_rest)[:, None] * (q_g.T @ grad_matrix), mixed, q_a.T)
+    left = torch.cat((q_g, v_qa * (rest_top - rest_rest)), dim=1)  # (d_out, k_g + k_a)
+    right = torch.cat((top_rows, q_a.T), dim=0)  # (k_g + k_a, d_in')
+    return torch.addmm(grad_matrix * rest_rest, left, right)
 
 
 # ------------------------------------------------------------------------------------ Kronecker vectors

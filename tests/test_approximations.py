@@ -48,15 +48,19 @@ def sampled_nll_backward(logits: torch.Tensor) -> None:
 # --------------------------------------------------------------------------------------- low rank
 
 
-def test_low_rank_precondition_is_the_exact_inverse_of_the_low_rank_plus_isotropic_kronecker() -> None:
+@pytest.mark.parametrize(("activation_rank", "gradient_rank"), [(3, 2), (7, 2), (3, 5), (7, 5)])
+def test_low_rank_precondition_is_the_exact_inverse_of_the_low_rank_plus_isotropic_kronecker(
+    activation_rank: int, gradient_rank: int
+) -> None:
+    # ranks 7 and 5 are full rank (no isotropic rest) on the activation and gradient side
     torch.manual_seed(0)
     d_out, d_in, damping = 5, 7, 0.05
     grad = torch.randn(d_out, d_in)
     pieces = []
-    for dim, rank in ((d_in, 3), (d_out, 2)):
+    for dim, rank in ((d_in, activation_rank), (d_out, gradient_rank)):
         vectors, _ = torch.linalg.qr(torch.randn(dim, rank))
         values = torch.rand(rank) + 1.0
-        residual = torch.tensor(0.3)
+        residual = torch.tensor(0.3 if rank < dim else 0.0)
         dense = vectors @ torch.diag(values) @ vectors.T + residual * (torch.eye(dim) - vectors @ vectors.T)
         pieces.append((LowRankEigen(values, vectors, residual), dense))
     (activation, activation_dense), (gradient, gradient_dense) = pieces
@@ -328,3 +332,37 @@ def test_rank_n_updates_of_wide_factors_equal_the_running_average_definition() -
     assert torch.equal(kfac.blocks[0].activation_factor, before[0])
     assert torch.equal(kfac.blocks[0].gradient_factor, before[1])
     assert kfac.blocks[0].statistics_updates == 6 and float(kfac.blocks[0].finite_updates) == 5.0
+
+
+def test_deferred_rank_n_updates_equal_the_running_average_when_read_only_at_the_end() -> None:
+    """Rank-N updates wait as stacked rows (folded at 64 rows or on access): 14 updates of 6 rows, one of
+    them non-finite, read only at the end, must give the running average of the finite batches."""
+    torch.manual_seed(12)
+    layer = nn.Linear(40, 3)
+    kfac = KFAC(layer, factor_decay=0.9, cold_iter=2, kl_clip=None)
+    expected_a = expected_g = None
+    finite_batches = 0
+    for update in range(14):
+        x = torch.randn(6, 40)
+        if update == 7:
+            x[2, 5] = float("nan")
+        with kfac.collect_statistics():
+            out = layer(x)
+            target = torch.randn(6, 3)
+            (0.5 * (out - target).square().sum(1)).mean().backward()
+        if update == 7:
+            continue
+        rows = torch.cat([x, torch.ones(6, 1)], 1)
+        grads = (out - target).detach()
+        batch_a, batch_g = rows.T @ rows / 6, grads.T @ grads / 6
+        weight = 1.0 / (finite_batches + 1) if finite_batches < 2 else 0.1
+        weight = max(weight, 0.1)
+        expected_a = batch_a if expected_a is None else (1 - weight) * expected_a + weight * batch_a
+        expected_g = batch_g if expected_g is None else (1 - weight) * expected_g + weight * batch_g
+        finite_batches += 1
+    approximation = kfac.blocks[0].approximation
+    assert approximation._deferred, "the last updates' rows should still be waiting"
+    torch.testing.assert_close(kfac.blocks[0].activation_factor, expected_a)
+    torch.testing.assert_close(kfac.blocks[0].gradient_factor, expected_g)
+    assert not approximation._deferred
+    assert float(kfac.blocks[0].finite_updates) == 13.0
