@@ -4,9 +4,14 @@ Noisy natural gradient (Zhang, Sun, Duvenaud & Grosse 2018) reads a Gaussian ove
 curvature, ``Cov(vec W) = (λ/N)(A ⊗ G + γI)⁻¹`` around the mean weights ``M`` (DESIGN §5). Here that Gaussian
 drives exploration, as parameter-space noise does (Plappert et al. 2018), but shaped by the Fisher:
 
-- before every rollout each environment ``e`` draws ``ΔW_e`` from the posterior of the policy layers
-  (:meth:`acktr.curvature.KFAC.sample_weight_perturbations`, reusing the decompositions the preconditioner
-  holds) and acts with ``M + ΔW_e`` for the whole segment;
+- each environment ``e`` holds white noise ``E_e`` and acts with ``M + ΔW_e``,
+  ``ΔW_e = s (F̂ + γI)^{-1/2} E_e``,
+  mapped through the posterior of the policy layers before every rollout
+  (:meth:`acktr.curvature.KFAC.weight_perturbations`, reusing the decompositions the preconditioner holds)
+  and fixed for the whole segment. ``noise_resample="rollout"`` draws a new ``E_e`` every rollout;
+  ``"episode"`` keeps it until env ``e``'s episode ends (redrawn at the first rollout boundary after the
+  end), as parameter-space noise holds its perturbation for an episode: temporally consistent behaviour
+  over a whole episode is what deep exploration needs;
 - the update evaluates every rollout row at its own environment's sample and applies the gradient to ``M``
   (reparameterisation: ``∂L/∂M = ∂L/∂W̃``), with the optional prior term ``prior_precision · M``;
 - the noise scale ``s`` (``noise_scale``, which absorbs ``sqrt(λ/N)``) is adapted once per rollout so that the
@@ -42,6 +47,11 @@ from acktr.agents.fisher import mean_kl, snapshot
 # s changes by at most this factor per rollout (the measured KL of one rollout is a noisy estimate)
 NOISE_ADAPT_MAX_FACTOR = 1.5
 NOISE_SCALE_BOUNDS = (1e-6, 1e2)
+NOISE_RESAMPLE_CHOICES = ("rollout", "episode")
+
+
+def _rows_of(noise: dict[str, th.Tensor]) -> int:
+    return next(iter(noise.values())).shape[0] if noise else 0
 
 
 def adapt_noise_scale(
@@ -97,6 +107,9 @@ class NoisyACKTR(ACKTR):
         is adapted to (per rollout, :func:`adapt_noise_scale`). Default 0.01 nats per state.
     :param noise_scale: the initial scale ``s`` of the samples ``ΔW ~ N(0, s² (F̂ + γI)⁻¹)`` (γ the damping).
         Before the first statistics the Fisher is 0 and the samples are ``N(0, s²/γ)``, so start small.
+    :param noise_resample: when an environment's white noise ``E_e`` is redrawn: ``"rollout"`` (every
+        rollout, the default) or ``"episode"`` (at the first rollout boundary after the env's episode ended;
+        ``ΔW_e`` still follows the current curvature and scale every rollout).
     :param prior_precision: the prior term of noisy natural gradient: ``prior_precision · M`` is added to the
         gradient of the perturbed (actor) parameters (weight decay towards 0; the theory's value is
         ``λ/(N η_prior)``). Default 0: an RL policy is not fitted to a fixed data set, and the KL-targeted
@@ -114,9 +127,14 @@ class NoisyACKTR(ACKTR):
         *,
         noise_target_kl: float = 0.01,
         noise_scale: float = 0.01,
+        noise_resample: str = "rollout",
         prior_precision: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        if noise_resample not in NOISE_RESAMPLE_CHOICES:
+            raise ValueError(
+                f"NoisyACKTR: noise_resample must be one of {NOISE_RESAMPLE_CHOICES}, got {noise_resample!r}"
+            )
         for name, value in (("noise_target_kl", noise_target_kl), ("noise_scale", noise_scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"NoisyACKTR: {name} must be a number > 0, got {value!r}")
@@ -138,6 +156,7 @@ class NoisyACKTR(ACKTR):
         super().__init__(policy, env, _init_setup_model=False, **kwargs)
         self.noise_target_kl = float(noise_target_kl)
         self.noise_scale = float(noise_scale)
+        self.noise_resample = noise_resample
         self.prior_precision = float(prior_precision)
         self.kl_perturbation = float("nan")
         if setup:
@@ -156,10 +175,11 @@ class NoisyACKTR(ACKTR):
             if not all(names[id(param)] in critic_only for param in block.parameters())
         ]
         self._perturbations: dict[str, th.Tensor] | None = None
+        self._white_noise: dict[str, th.Tensor] | None = None
 
     def _excluded_save_params(self) -> list[str]:
         # the current samples are redrawn at the next rollout; the scale and the curvature are saved
-        return [*super()._excluded_save_params(), "_perturbations", "_noisy_layers"]
+        return [*super()._excluded_save_params(), "_perturbations", "_white_noise", "_noisy_layers"]
 
     def _statistics_fraction(self, value: Any) -> Any:
         """Statistics on the whole rollout ("auto" is 1): each row is evaluated at its env's sample."""
@@ -179,6 +199,30 @@ class NoisyACKTR(ACKTR):
         return self.kfac.sample_weight_perturbations(
             n_envs, scale=self.noise_scale, layers=self._noisy_layers
         )
+
+    def _rollout_perturbations(self, n_envs: int) -> dict[str, th.Tensor]:
+        """This rollout's ``ΔW_e``: the held white noise (redrawn per ``noise_resample``) mapped through the
+        current posterior and scale."""
+        noise = self._white_noise
+        if self.noise_resample == "rollout" or noise is None or _rows_of(noise) != n_envs:
+            noise = self.kfac.sample_weight_noise(n_envs, layers=self._noisy_layers)
+        else:
+            ended = th.as_tensor(self._episodes_ended(n_envs))
+            if bool(ended.any()):
+                fresh = self.kfac.sample_weight_noise(int(ended.sum()), layers=self._noisy_layers)
+                for name, tensor in noise.items():
+                    tensor[ended.to(tensor.device)] = fresh[name]
+        self._white_noise = noise
+        return self.kfac.weight_perturbations(noise, scale=self.noise_scale)
+
+    def _episodes_ended(self, n_envs: int) -> np.ndarray:
+        """``(n_envs,)`` bool: whether each env's episode ended during the last rollout (its buffer marks an
+        episode start after the first step, or its last step ended one)."""
+        starts = np.asarray(self.rollout_buffer.episode_starts)
+        if starts.shape != (self.rollout_buffer.buffer_size, n_envs):  # not a full rollout's layout
+            return np.ones(n_envs, dtype=bool)
+        last = np.asarray(self._last_episode_starts, dtype=bool).reshape(n_envs)
+        return starts[1:].astype(bool).any(axis=0) | last
 
     @contextlib.contextmanager
     def _acting_with_samples(self) -> Iterator[None]:
@@ -201,8 +245,8 @@ class NoisyACKTR(ACKTR):
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
-        # a new sample per rollout and per environment, held fixed over the segment
-        self._perturbations = self.sample_perturbations(env.num_envs)
+        # one sample per environment, fixed over the segment (its white noise held per noise_resample)
+        self._perturbations = self._rollout_perturbations(env.num_envs)
         with self._acting_with_samples():
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
 

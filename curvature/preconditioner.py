@@ -856,6 +856,7 @@ class KFAC:
         ``"eigen"`` exactly ``(A ⊗ G + γI)⁻¹``, ``"lowrank"`` its top-k-plus-isotropic factors, ``"eva"`` its
         rank-one factors, ``"cholesky"`` its factored-damping curvature. A layer with statistics but no
         decomposition yet is refreshed first; a layer without statistics gets the prior alone (``I / γ``).
+        Equivalent to :meth:`weight_perturbations` of :meth:`sample_weight_noise`.
 
         Args:
             samples: ``K``, the number of independent draws.
@@ -869,17 +870,36 @@ class KFAC:
             block name -> ``(K, d_out, d_in')`` matrices (bias last column; :meth:`parameter_perturbations`
             maps them to parameter names).
         """
+        noise = self.sample_weight_noise(samples, layers=layers, generator=generator)
+        return self.weight_perturbations(noise, scale=scale, damping=damping)
+
+    def sample_weight_noise(
+        self, samples: int, *, layers: Iterable[str] | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """White noise ``E`` for :meth:`weight_perturbations`: block name -> ``(K, d_out, d_in')`` standard
+        normal matrices on the block's device, in its factor dtype. Holding ``E`` and mapping it again after
+        the curvature changed keeps a perturbation "the same draw" under the new posterior."""
         _check_positive_int("samples", samples)
+        noise: dict[str, Tensor] = {}
+        for block in self._selected_blocks(layers):
+            activation_dim, gradient_dim = block.factor_dims()
+            noise[block.name] = torch.randn(
+                (samples, gradient_dim, activation_dim),
+                generator=generator,
+                device=block.parameters()[0].device,
+                dtype=block.factor_dtype,
+            )
+        return noise
+
+    def weight_perturbations(
+        self, noise: dict[str, Tensor], *, scale: float = 1.0, damping: float | None = None
+    ) -> dict[str, Tensor]:
+        """``ΔW = scale · (F̂ + γI)^{-1/2} vec E`` per block for white noise ``E`` (block name ->
+        ``(..., d_out, d_in')``, e.g. from :meth:`sample_weight_noise`), from the current decompositions
+        (see :meth:`sample_weight_perturbations`). ``noise`` is not modified."""
         gamma = self.damping if damping is None else _check_positive_number("damping", damping)
-        selected = self.blocks
-        if layers is not None:
-            wanted = set(layers)
-            unknown = sorted(wanted - set(self.block_names()))
-            if unknown:
-                raise ValueError(f"KFAC: no K-FAC block named {unknown}; choose among {self.block_names()}")
-            selected = [block for block in self.blocks if block.name in wanted]
         perturbations: dict[str, Tensor] = {}
-        for block in selected:
+        for block in self._selected_blocks(noise):
             approximation = block.approximation
             if approximation.damping_is_baked_in() and gamma != self.damping:
                 raise ValueError(
@@ -888,16 +908,24 @@ class KFAC:
                 )
             if block.has_factors and not block.has_curvature:
                 block.update_curvature(damping=self.damping)
-            activation_dim, gradient_dim = block.factor_dims()
-            device = block.parameters()[0].device
-            noise = torch.randn(
-                (samples, gradient_dim, activation_dim),
-                generator=generator,
-                device=device,
-                dtype=block.factor_dtype,
-            )
-            perturbations[block.name] = approximation.posterior_sample(noise, gamma).mul_(scale)
+            expected = block.factor_dims()[::-1]
+            if tuple(noise[block.name].shape[-2:]) != expected:
+                raise ValueError(
+                    f"KFAC: noise for block {block.name!r} must end in shape {expected}, "
+                    f"got {tuple(noise[block.name].shape)}"
+                )
+            perturbations[block.name] = approximation.posterior_sample(noise[block.name], gamma).mul(scale)
         return perturbations
+
+    def _selected_blocks(self, layers: Iterable[str] | None) -> list[KFACBlock]:
+        """The blocks named in ``layers`` (all when None), in model order; unknown names are an error."""
+        if layers is None:
+            return list(self.blocks)
+        wanted = set(layers)
+        unknown = sorted(wanted - set(self.block_names()))
+        if unknown:
+            raise ValueError(f"KFAC: no K-FAC block named {unknown}; choose among {self.block_names()}")
+        return [block for block in self.blocks if block.name in wanted]
 
     def parameter_perturbations(self, perturbations: dict[str, Tensor]) -> dict[str, Tensor]:
         """Block-name matrices ``(..., d_out, d_in')`` as the model's parameter names -> tensors shaped

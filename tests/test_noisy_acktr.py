@@ -149,6 +149,70 @@ def test_per_env_samples_differ_and_stay_fixed_over_the_rollout(trained):
     assert all(not th.allclose(previous[name], last["perturbations"][name]) for name in previous)
 
 
+class WhiteNoiseSnapshots(RolloutSnapshots):
+    """Also keeps each rollout's held white noise and which envs' episodes ended during it."""
+
+    def _on_rollout_end(self) -> None:
+        super()._on_rollout_end()
+        model = self.model
+        self.snapshots[-1]["white_noise"] = {k: v.clone() for k, v in model._white_noise.items()}
+        self.snapshots[-1]["ended"] = model._episodes_ended(model.n_envs).copy()
+        # the curvature and scale are still the ones the rollout's samples were mapped with
+        self.snapshots[-1]["remapped"] = model.kfac.weight_perturbations(
+            model._white_noise, scale=model.noise_scale
+        )
+
+
+def test_episode_held_noise_is_redrawn_only_for_envs_whose_episode_ended():
+    th.manual_seed(1)
+    env = make_vec_env("CartPole-v1", n_envs=4, seed=1)
+    model = NoisyACKTR(
+        "MlpPolicy", env, n_steps=8, seed=1, cold_iter=2, noise_scale=0.05, noise_resample="episode"
+    )
+    callback = WhiteNoiseSnapshots()
+    model.learn(4 * 8 * 12, callback=callback)
+    kept = redrawn = 0
+    for before, after in zip(callback.snapshots, callback.snapshots[1:], strict=False):
+        for env_index, ended in enumerate(before["ended"]):
+            same = all(
+                th.equal(before["white_noise"][name][env_index], after["white_noise"][name][env_index])
+                for name in before["white_noise"]
+            )
+            assert same != bool(ended), (env_index, ended)
+            kept, redrawn = kept + same, redrawn + (not same)
+        # the held noise is mapped through the current posterior and scale every rollout
+        for name, perturbation in after["perturbations"].items():
+            th.testing.assert_close(perturbation, after["remapped"][name])
+        if not all(before["ended"]):  # a held E_e under a changed posterior/scale gives another ΔW_e
+            env_index = int(np.flatnonzero(~before["ended"])[0])
+            assert any(
+                not th.allclose(
+                    before["perturbations"][name][env_index], after["perturbations"][name][env_index]
+                )
+                for name in before["perturbations"]
+            )
+    assert kept > 0 and redrawn > 0  # both cases occurred (CartPole episodes of a random policy: ~20 steps)
+    # the rows were still acted at their env's sample of that rollout
+    last = callback.snapshots[-1]
+    th.testing.assert_close(per_env_log_probs(model, last), last["log_probs"].float(), rtol=1e-4, atol=1e-5)
+
+
+def test_weight_perturbations_of_held_noise_equal_a_fresh_sample_with_that_noise(trained):
+    model, _ = trained
+    kfac = model.kfac
+    th.manual_seed(5)
+    drawn = kfac.sample_weight_perturbations(3, scale=0.3, layers=model._noisy_layers)
+    th.manual_seed(5)
+    noise = kfac.sample_weight_noise(3, layers=model._noisy_layers)
+    held = {name: tensor.clone() for name, tensor in noise.items()}
+    mapped = kfac.weight_perturbations(noise, scale=0.3)
+    for name in drawn:
+        th.testing.assert_close(mapped[name], drawn[name])
+        assert th.equal(noise[name], held[name])  # the held noise is not modified
+    with pytest.raises(ValueError, match="must end in shape"):
+        kfac.weight_perturbations({name: tensor[..., :-1] for name, tensor in noise.items()})
+
+
 def test_measured_kl_and_noise_scale_logged(trained):
     model, callback = trained
     last = callback.snapshots[-1]
@@ -262,6 +326,7 @@ def test_save_load_keeps_noise_and_curvature_state(trained, tmp_path):
         (dict(noise_target_kl=0.0), "noise_target_kl must be a number > 0"),
         (dict(noise_scale=-1.0), "noise_scale must be a number > 0"),
         (dict(prior_precision=-1.0), "prior_precision must be >= 0"),
+        (dict(noise_resample="step"), "noise_resample must be one of"),
         (dict(kfac_kwargs=dict(statistics_fraction=0.5)), r"statistics_fraction.] must be 1"),
     ],
 )
