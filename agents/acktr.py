@@ -791,8 +791,7 @@ class ACKTR(TensorRolloutMixin, OnPolicyAlgorithm):
                     )
                     clock.lap("forward")
                     fisher_loss = sampled_fisher_loss(distribution, values, self.vf_fisher_coef)
-                    optimizer.zero_grad()
-                    fisher_loss.backward(retain_graph=True)
+                    kfac.statistics_backward(fisher_loss, retain_graph=True)  # no weight gradients
                 clock.lap("fisher_backward")
                 old_distribution, kl_observations = snapshot(distribution), observations
                 _, policy_loss, value_loss, entropy_loss = self._a2c_loss(
@@ -811,8 +810,7 @@ class ACKTR(TensorRolloutMixin, OnPolicyAlgorithm):
                             self.policy, kl_observations, actions[subset]
                         )
                         fisher_loss = sampled_fisher_loss(sub_distribution, sub_values, self.vf_fisher_coef)
-                        optimizer.zero_grad()
-                        fisher_loss.backward()
+                        kfac.statistics_backward(fisher_loss)
                     old_distribution = snapshot(sub_distribution)
                     clock.lap("fisher_backward")
                 else:

@@ -451,11 +451,10 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         actor_parameters = [
             p for name, p in self.policy.named_parameters() if name in self._actor_parameter_names
         ]
-        self.policy.zero_grad(set_to_none=True)
         with kfac.collect_statistics():
             distribution = self.policy.get_distribution(observations)
             fisher_loss = -sampled_log_prob(distribution).mean()
-            fisher_loss.backward(retain_graph=True)
+            kfac.statistics_backward(fisher_loss, retain_graph=True)  # no weight gradients
         old_distribution = snapshot(distribution)
         log_prob = distribution.log_prob(actions)
         objective = (advantages * th.exp(log_prob - old_log_prob)).mean()
@@ -527,8 +526,9 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
                         values = self.policy.predict_values(rollout_data.observations).flatten()
                         # the critic as a unit-variance Gaussian: targets sampled around its own prediction
                         sampled_targets = (values + th.randn_like(values)).detach()
-                        (values - sampled_targets).pow(2).mean().backward(retain_graph=True)
-                    self.policy.zero_grad(set_to_none=True)
+                        critic_kfac.statistics_backward(
+                            (values - sampled_targets).pow(2).mean(), retain_graph=True
+                        )
                 else:
                     if critic_kfac is not None:
                         with critic_kfac.collect_statistics():  # inactive: advances the statistics schedule

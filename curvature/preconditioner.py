@@ -273,6 +273,8 @@ class KFAC:
         self.steps = 0
         self.statistics_calls = 0
         self._collecting = False
+        self._inactive_block_open = False
+        self._statistics_outputs: list[Tensor] = []
         self._factor_seconds = 0.0
         self._warned_missing_statistics = False
 
@@ -576,7 +578,11 @@ class KFAC:
         active = self.collects_next()
         self.statistics_calls += 1
         if not active:
-            yield
+            self._inactive_block_open = True
+            try:
+                yield
+            finally:
+                self._inactive_block_open = False
             return
         handles = [
             block.module.register_forward_hook(self._make_forward_hook(block)) for block in self.blocks
@@ -592,6 +598,7 @@ class KFAC:
                 if param.requires_grad
             ]
         self._statistics_batch_size = None
+        self._statistics_outputs = []
         self._collecting = True
         succeeded = False
         try:
@@ -599,6 +606,7 @@ class KFAC:
             succeeded = True
         finally:
             self._collecting = False
+            self._statistics_outputs = []
             for handle in handles:
                 handle.remove()
             if succeeded:
@@ -607,6 +615,27 @@ class KFAC:
                     self._update_uncovered_fishers(uncovered_grads)
             for block in self.blocks:
                 block.reset_accumulators()
+
+    def statistics_backward(self, loss: Tensor, *, retain_graph: bool = False) -> None:
+        """Backpropagate a statistics loss only as far as the statistics need, inside
+        :meth:`collect_statistics`: to the outputs of the covered layers recorded in this block (and to the
+        uncovered parameters with ``uncovered_curvature="diagonal"``), never into any ``.grad``.
+
+        Equivalent, for the statistics, to ``loss.backward()`` in the block, and cheaper: no weight
+        gradient is formed (the first layer's backward is skipped altogether) and the parameters'
+        ``.grad`` are left as they were, so no ``zero_grad()`` is needed around it. A block that does not
+        collect (``update_factors_every``) skips the backward.
+        """
+        if not self._collecting:
+            if self._inactive_block_open:  # this block records nothing: nothing to backpropagate
+                return
+            raise RuntimeError("KFAC.statistics_backward() must be called inside collect_statistics()")
+        inputs = list(self._statistics_outputs)
+        if self.uncovered_curvature == "diagonal":
+            inputs += [param for param in self._uncovered_parameters if param.requires_grad]
+        if not inputs:
+            return
+        torch.autograd.grad(loss, inputs, retain_graph=retain_graph, allow_unused=True)
 
     def _make_forward_hook(self, block: KFACBlock) -> Callable[..., None]:
         mean_reduction = self.loss_reduction == "mean"
@@ -626,6 +655,7 @@ class KFAC:
                 self._statistics_batch_size = int(args[0].shape[0])
             block.accumulate_activations(args[0])
             output.register_hook(gradient_hook)
+            self._statistics_outputs.append(output)
             self._factor_seconds += time.perf_counter() - start
 
         return forward_hook

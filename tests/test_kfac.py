@@ -607,3 +607,56 @@ def test_group_learning_rates_enter_each_group_trust_region() -> None:
     assert float(info.predicted_kl) == pytest.approx(
         actor_lr**2 * expected_actor**2 * actor_dot + critic_lr**2 * expected_critic**2 * critic_dot, rel=1e-4
     )
+
+
+def test_statistics_backward_records_the_same_statistics_as_backward_and_leaves_grads_alone() -> None:
+    """``statistics_backward`` backpropagates only to the covered layers' outputs (and the uncovered
+    parameters): the factors and the diagonal Fisher equal those of ``loss.backward()``, and ``.grad`` is
+    untouched."""
+    from tests.test_diagonal_fisher import GaussianPolicy, sampled_nll
+
+    torch.manual_seed(3)
+    conv = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+    )
+    x = torch.randn(12, 2, 8, 8)
+    obs = torch.randn(20, 3)
+    for make, loss_of in (
+        (lambda: copy.deepcopy(conv), lambda model: sampled_nll_of_logits(model(x))),
+        (GaussianPolicy, lambda model: sampled_nll(model, obs)),
+    ):
+        torch.manual_seed(4)
+        reference_model = make()
+        model = copy.deepcopy(reference_model)
+        options = dict(kl_clip=None, uncovered_curvature="diagonal")
+        reference, kfac = KFAC(reference_model, **options), KFAC(model, **options)
+        for parameter in model.parameters():
+            parameter.grad = torch.full_like(parameter, 7.0)
+        for seed in range(3):
+            torch.manual_seed(seed)
+            with reference.collect_statistics():
+                loss_of(reference_model).backward()
+            torch.manual_seed(seed)
+            with kfac.collect_statistics():
+                kfac.statistics_backward(loss_of(model))
+        for expected, block in zip(reference.blocks, kfac.blocks, strict=True):
+            torch.testing.assert_close(block.activation_factor, expected.activation_factor, rtol=0, atol=0)
+            torch.testing.assert_close(block.gradient_factor, expected.gradient_factor, rtol=1e-6, atol=1e-9)
+        for expected, fisher in zip(reference._uncovered_fishers, kfac._uncovered_fishers, strict=True):
+            torch.testing.assert_close(fisher.diagonal, expected.diagonal)
+        assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
+
+    kfac = KFAC(conv, kl_clip=None, update_factors_every=2)
+    with pytest.raises(RuntimeError, match="inside collect_statistics"):
+        kfac.statistics_backward(conv(x).sum())
+    with kfac.collect_statistics():
+        kfac.statistics_backward(sampled_nll_of_logits(conv(x)))
+    with kfac.collect_statistics():  # an inactive block (update_factors_every=2): nothing to do
+        kfac.statistics_backward(sampled_nll_of_logits(conv(x)))
+    assert kfac.blocks[0].statistics_updates == 1
+
+
+def sampled_nll_of_logits(logits: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        sampled = torch.distributions.Categorical(logits=logits).sample()
+    return F.cross_entropy(logits, sampled)
