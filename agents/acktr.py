@@ -203,8 +203,10 @@ CURVATURE_SETTINGS: tuple[str, ...] = (
 # ACKTR's K-FAC configuration unless kfac_kwargs says otherwise (measured: zoo/benchmarks/update.md). For
 # layers no wider than rank + 16 "lowrank" is exact K-FAC; row_fraction only concerns convolutions;
 # statistics_fraction "auto" is AUTO_STATISTICS_FRACTION for policies with convolutions (where the statistics
-# dominate the update's cost; no loss of sample efficiency measured on MinAtar) and 1 otherwise (an MLP's
-# statistics are cheap, and a quarter of LunarLander's rollout cost sample efficiency in 4 of 5 seeds).
+# dominate the update's cost; no loss of sample efficiency measured on MinAtar) and otherwise all of the
+# rollout up to AUTO_STATISTICS_ROWS rows (a quarter of LunarLander's 1,024-row rollout, 256 rows, cost
+# sample efficiency in 4 of 5 seeds, so every zoo rollout keeps all its rows; beyond that an MLP's narrow
+# factors gain little per extra row, while the statistics pass keeps costing per row).
 DEFAULT_KFAC_OPTIONS: dict[str, Any] = {
     "curvature": "lowrank",
     "statistics_fraction": "auto",
@@ -212,6 +214,7 @@ DEFAULT_KFAC_OPTIONS: dict[str, Any] = {
     "uncovered_curvature": "diagonal",  # a Gaussian's log_std: its own Fisher, not the identity
 }
 AUTO_STATISTICS_FRACTION = 0.125
+AUTO_STATISTICS_ROWS = 1024
 # What models saved before those defaults used.
 EXACT_KFAC_OPTIONS: dict[str, Any] = {
     "curvature": "eigen",
@@ -315,7 +318,8 @@ class ACKTR(TensorRolloutMixin, OnPolicyAlgorithm):
     :param update_inverses_every: refresh the eigendecompositions every this many updates.
     :param kfac_kwargs: further ``acktr.curvature.KFAC`` arguments, over ACKTR's defaults
         :data:`DEFAULT_KFAC_OPTIONS` (``curvature="lowrank"``, ``statistics_fraction="auto"`` — 1/8 of the
-        rollout for policies with convolutions, all of it otherwise — and ``row_fraction=0.25``; chosen by
+        rollout for policies with convolutions, otherwise all of it up to 1,024 rows — and
+        ``row_fraction=0.25``; chosen by
         measurement against exact K-FAC, see zoo/benchmarks/update.md; ``uncovered_curvature="diagonal"``:
         parameters outside the layers, such as a Gaussian's ``log_std``, are preconditioned by their own
         running diagonal Fisher — 2 per dimension for SB3's state-independent ``log_std`` — instead of the
@@ -580,11 +584,14 @@ class ACKTR(TensorRolloutMixin, OnPolicyAlgorithm):
         return options
 
     def _statistics_fraction(self, value: Any) -> Any:
-        """``"auto"``: :data:`AUTO_STATISTICS_FRACTION` for a policy with convolutions, else 1."""
+        """``"auto"``: :data:`AUTO_STATISTICS_FRACTION` for a policy with convolutions, else the fraction of
+        the rollout that is :data:`AUTO_STATISTICS_ROWS` rows (1 for rollouts no larger)."""
         if value != "auto":
             return value
         convolutional = any(isinstance(module, th.nn.Conv2d) for module in self.policy.modules())
-        return AUTO_STATISTICS_FRACTION if convolutional else 1.0
+        if convolutional:
+            return AUTO_STATISTICS_FRACTION
+        return min(1.0, AUTO_STATISTICS_ROWS / (self.n_envs * self.n_steps))
 
     @property
     def kfac(self) -> Any:

@@ -795,3 +795,6 @@ def test_statistics_fraction_auto_subsamples_convolutional_policies_only() -> No
     assert mlp.kfac.statistics_fraction == 0.5
     mlp.kfac_kwargs = {"statistics_fraction": "auto"}
     assert mlp.kfac.statistics_fraction == 1.0
+    # an MLP's rollout beyond 1,024 rows: statistics on 1,024 of them
+    wide = ACKTR("MlpPolicy", make_vec_env("CartPole-v1", n_envs=64, seed=0), n_steps=64, device="cpu")
+    assert wide.kfac.statistics_fraction == 0.25
