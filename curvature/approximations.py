@@ -546,8 +546,18 @@ class LowRankKFAC(KroneckerFactors):
 
     def _decompose(self, damping: float) -> bool:
         assert self.activation_factor is not None and self.gradient_factor is not None
-        activation = kfac_math.low_rank_eigh(self.activation_factor, self.rank)
-        gradient = kfac_math.low_rank_eigh(self.gradient_factor, self.rank)
+        # each refresh continues the subspace iteration from the previous eigenvectors (one product each)
+        previous_activation, previous_gradient = self.activation_lowrank, self.gradient_lowrank
+        activation = kfac_math.low_rank_eigh(
+            self.activation_factor,
+            self.rank,
+            start=None if previous_activation is None else previous_activation.eigenvectors,
+        )
+        gradient = kfac_math.low_rank_eigh(
+            self.gradient_factor,
+            self.rank,
+            start=None if previous_gradient is None else previous_gradient.eigenvectors,
+        )
         if activation is None or gradient is None:
             return False
         self.activation_lowrank, self.gradient_lowrank = activation, gradient

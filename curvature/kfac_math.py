@@ -257,13 +257,25 @@ class LowRankEigen(NamedTuple):
 
 
 def low_rank_eigh(
-    factor: Tensor, rank: int, *, oversample: int = 16, iterations: int = 2
+    factor: Tensor,
+    rank: int,
+    *,
+    oversample: int = 16,
+    iterations: int | None = None,
+    start: Tensor | None = None,
 ) -> LowRankEigen | None:
     """Top-``rank`` eigenpairs of a symmetric PSD ``(d, d)`` factor by randomized subspace iteration
     (Halko, Martinsson & Tropp 2011), the rest of the spectrum as its mean (trace-preserving).
 
-    Cost ``O(d² (rank + oversample) (iterations + 1))`` instead of eigh's ``O(d³)``; for ``rank + oversample
+    Cost ``O(d² (rank + oversample) (iterations + 2))`` instead of eigh's ``O(d³)``; for ``rank + oversample
     >= d`` it is an exact :func:`safe_eigh`. Returns None when the computation fails (non-finite values).
+
+    Args:
+        start: ``(d, m)`` orthonormal columns to start from (``m <= rank``), e.g. the eigenvectors of the
+            previous refresh of a slowly changing running factor; random columns fill the basis up to
+            ``rank + oversample``. Successive refreshes then continue one subspace iteration, so a single
+            product per refresh tracks the top eigenspace (``iterations`` defaults to 0 with ``start``,
+            2 without).
     """
     dim = factor.shape[0]
     if rank + oversample >= dim:
@@ -275,8 +287,17 @@ def low_rank_eigh(
     # Only products with the factor are taken, so its rounding-level asymmetry is harmless: no symmetrised
     # copy of a wide factor (a transposed pass over d² entries that costs as much as a product).
     matrix = factor
+    columns = rank + oversample
+    if start is not None and (start.shape[0] != dim or start.shape[1] > rank):
+        start = None  # another factor's basis (e.g. a changed rank): start cold
+    if iterations is None:
+        iterations = 2 if start is None else 0
     try:
-        basis = torch.randn(dim, rank + oversample, dtype=matrix.dtype, device=matrix.device)
+        basis = torch.randn(
+            dim, columns - (0 if start is None else start.shape[1]), dtype=matrix.dtype, device=matrix.device
+        )
+        if start is not None:
+            basis = torch.cat([start.to(matrix.dtype), basis], dim=1)
         basis, _ = torch.linalg.qr(matrix @ basis)
         for _ in range(iterations):
             basis, _ = torch.linalg.qr(matrix @ basis)
