@@ -447,7 +447,7 @@ def build_schedule(value: Any, name: str = "learning_rate") -> Any:
 def build_agent_kwargs(hyperparams: dict[str, Any]) -> dict[str, Any]:
     """Constructor keywords from YAML-safe hyperparameters: schedules and named classes built."""
     kwargs = dict(hyperparams)
-    for key in ("learning_rate", "clip_range", "clip_range_vf"):
+    for key in ("learning_rate", "clip_range", "clip_range_vf", "noise_target_kl"):
         if key in kwargs:
             kwargs[key] = build_schedule(kwargs[key], key)
     policy_kwargs = kwargs.get("policy_kwargs")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -104,7 +104,9 @@ class NoisyACKTR(ACKTR):
     Takes every :class:`ACKTR` keyword, plus:
 
     :param noise_target_kl: the mean ``KL(π_mean ‖ π_perturbed)`` over a rollout's states that the noise scale
-        is adapted to (per rollout, :func:`adapt_noise_scale`). Default 0.01 nats per state.
+        is adapted to (per rollout, :func:`adapt_noise_scale`). Default 0.01 nats per state. A schedule of the
+        remaining progress (1 → 0; ``"lin_0.5"`` in the zoo or ``-p``) anneals the exploration noise, so that
+        late rollouts act closer to the mean policy.
     :param noise_scale: the initial scale ``s`` of the samples ``ΔW ~ N(0, s² (F̂ + γI)⁻¹)`` (γ the damping).
         Before the first statistics the Fisher is 0 and the samples are ``N(0, s²/γ)``, so start small.
     :param noise_resample: when an environment's white noise ``E_e`` is redrawn: ``"rollout"`` (every
@@ -125,7 +127,7 @@ class NoisyACKTR(ACKTR):
         policy: str | type[ActorCriticPolicy],
         env: GymEnv | str,
         *,
-        noise_target_kl: float = 0.01,
+        noise_target_kl: float | Callable[[float], float] = 0.01,
         noise_scale: float = 0.01,
         noise_resample: str = "rollout",
         prior_precision: float = 0.0,
@@ -135,7 +137,10 @@ class NoisyACKTR(ACKTR):
             raise ValueError(
                 f"NoisyACKTR: noise_resample must be one of {NOISE_RESAMPLE_CHOICES}, got {noise_resample!r}"
             )
-        for name, value in (("noise_target_kl", noise_target_kl), ("noise_scale", noise_scale)):
+        numbers = [("noise_scale", noise_scale)]
+        if not callable(noise_target_kl):
+            numbers.append(("noise_target_kl", noise_target_kl))
+        for name, value in numbers:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"NoisyACKTR: {name} must be a number > 0, got {value!r}")
         if isinstance(prior_precision, bool) or not isinstance(prior_precision, (int, float)):
@@ -154,7 +159,7 @@ class NoisyACKTR(ACKTR):
         kwargs["rollout_buffer_class"] = EnvMajorRolloutBuffer
         setup = kwargs.pop("_init_setup_model", True)
         super().__init__(policy, env, _init_setup_model=False, **kwargs)
-        self.noise_target_kl = float(noise_target_kl)
+        self.noise_target_kl = noise_target_kl if callable(noise_target_kl) else float(noise_target_kl)
         self.noise_scale = float(noise_scale)
         self.noise_resample = noise_resample
         self.prior_precision = float(prior_precision)
@@ -289,6 +294,14 @@ class NoisyACKTR(ACKTR):
         self.kl_perturbation = self.measure_perturbation_kl(observations)
         self.logger.record("explore/noise_scale", self.noise_scale)
         self.logger.record("explore/kl_perturbation", self.kl_perturbation)
+        self.logger.record("explore/target_kl", self.current_noise_target_kl())
         with self.kfac.perturbed_weights(self._perturbations), self._prior_term():
             super().train()
-        self.noise_scale = adapt_noise_scale(self.noise_scale, self.kl_perturbation, self.noise_target_kl)
+        self.noise_scale = adapt_noise_scale(
+            self.noise_scale, self.kl_perturbation, self.current_noise_target_kl()
+        )
+
+    def current_noise_target_kl(self) -> float:
+        """``noise_target_kl`` now: the number, or the schedule at the current progress (1 → 0)."""
+        target = self.noise_target_kl
+        return float(target(self._current_progress_remaining)) if callable(target) else float(target)

@@ -385,3 +385,29 @@ def test_learns_cartpole():
     th.set_num_threads(1)
     result = run_one(RunSpec("noisy-acktr", "CartPole-v1", 1, 475.0, 200_000))
     assert result.steps is not None and result.steps <= 200_000
+
+
+def test_noise_target_kl_schedule_anneals_the_target_with_progress():
+    from acktr.hyperparams import build_agent_kwargs
+
+    kwargs = build_agent_kwargs({"noise_target_kl": "lin_0.5"})
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = NoisyACKTR("MlpPolicy", env, n_steps=5, seed=0, **kwargs)
+    assert model.current_noise_target_kl() == pytest.approx(0.5)  # progress remaining 1 before learning
+    targets = []
+
+    class Targets(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            targets.append((self.model._current_progress_remaining, self.model.current_noise_target_kl()))
+
+    model.learn(2 * 5 * 10, callback=Targets())
+    for remaining, target in targets:
+        assert target == pytest.approx(0.5 * remaining)
+    assert targets[-1][1] < targets[0][1]
+    # the last update ran after the progress reached its end (the schedule's 0)
+    assert model.logger.name_to_value["explore/target_kl"] == pytest.approx(
+        0.5 * model._current_progress_remaining
+    )
