@@ -261,6 +261,19 @@ class CurvatureApproximation:
         self.reset_pending()
 
 
+def _running_factor(side: str, shape: str) -> Any:
+    """A property reading one side's dense running factor (deferred updates folded in on access) and
+    setting it (dropping that side's deferred updates)."""
+
+    def read(self: KroneckerFactors) -> Tensor | None:
+        return self._factor(side)
+
+    def write(self: KroneckerFactors, value: Tensor | None) -> None:
+        self._set_factor(side, value)
+
+    return property(read, write, doc=f"{shape} (running average; deferred updates folded in on access)")
+
+
 class KroneckerFactors(CurvatureApproximation):
     """K-FAC's ``A = E[ā āᵀ]`` ``(d_in', d_in')`` and ``G`` ``(d_out, d_out)`` as running averages.
 
@@ -313,23 +326,8 @@ class KroneckerFactors(CurvatureApproximation):
     def has_statistics(self) -> bool:
         return self._factors["activation"] is not None and self._factors["gradient"] is not None
 
-    @property
-    def activation_factor(self) -> Tensor | None:
-        """``A`` ``(d_in', d_in')`` (running average; deferred updates folded in on access)."""
-        return self._factor("activation")
-
-    @activation_factor.setter
-    def activation_factor(self, value: Tensor | None) -> None:
-        self._set_factor("activation", value)
-
-    @property
-    def gradient_factor(self) -> Tensor | None:
-        """``G`` ``(d_out, d_out)`` (running average; deferred updates folded in on access)."""
-        return self._factor("gradient")
-
-    @gradient_factor.setter
-    def gradient_factor(self, value: Tensor | None) -> None:
-        self._set_factor("gradient", value)
+    activation_factor = _running_factor("activation", "``A`` ``(d_in', d_in')``")
+    gradient_factor = _running_factor("gradient", "``G`` ``(d_out, d_out)``")
 
     def reset_pending(self) -> None:
         # each side: a list of (rows R, coefficient c) with statistic c Σ RᵀR (rows already padded with the

@@ -326,7 +326,7 @@ def low_rank_precondition(
     ``M = C ⊘ (g aᵀ + λ) − diag(s_G) C − C diag(s_A) + c C``, ``C = Q_Gᵀ V Q_A``,
 
     three ``(d_out × d_in × k)`` products and one pass over ``V``. A full-rank side has no rest part
-    (its terms cancel) and takes the shorter form.
+    (its terms cancel) and takes the shorter form. (:func:`_low_rank_damped_power` with power 1.)
 
     Args:
         grad_matrix: ``V`` ``(d_out, d_in')``; ``activation`` over ``d_in'``, ``gradient`` over ``d_out``.
@@ -334,30 +334,7 @@ def low_rank_precondition(
     Returns:
         ``(d_out, d_in')``.
     """
-    q_a, a = activation.eigenvectors, activation.eigenvalues
-    q_g, g = gradient.eigenvectors, gradient.eigenvalues
-    v_qa = grad_matrix @ q_a  # (d_out, k_a)
-    core = q_g.T @ v_qa  # C: (k_g, k_a)
-    top_top = core / (torch.outer(g, a) + damping)
-    if activation.full_rank and gradient.full_rank:
-        return q_g @ top_top @ q_a.T
-    if activation.full_rank:  # V = V Q_A Q_Aᵀ: only the rest-of-G × top-of-A part is added
-        rest_scale = 1.0 / (gradient.residual * a + damping)  # s_A (k_a,)
-        return torch.addmm(v_qa * rest_scale, q_g, top_top - core * rest_scale) @ q_a.T
-    if gradient.full_rank:  # V = Q_G Q_Gᵀ V: only the top-of-G × rest-of-A part is added
-        rest_scale = 1.0 / (g * activation.residual + damping)  # s_G (k_g,)
-        top_rows = torch.addmm(
-            (q_g.T @ grad_matrix) * rest_scale[:, None], top_top - rest_scale[:, None] * core, q_a.T
-        )
-        return q_g @ top_rows
-    rest_rest = 1.0 / (gradient.residual * activation.residual + damping)  # c, 0-dim
-    top_rest = 1.0 / (g * activation.residual + damping)  # s_G (k_g,)
-    rest_top = 1.0 / (gradient.residual * a + damping)  # s_A (k_a,)
-    mixed = top_top - top_rest[:, None] * core - core * rest_top + rest_rest * core  # M (k_g, k_a)
-    top_rows = torch.addmm((top_rest - rest_rest)[:, None] * (q_g.T @ grad_matrix), mixed, q_a.T)
-    left = torch.cat((q_g, v_qa * (rest_top - rest_rest)), dim=1)  # (d_out, k_g + k_a)
-    right = torch.cat((top_rows, q_a.T), dim=0)  # (k_g + k_a, d_in')
-    return torch.addmm(grad_matrix * rest_rest, left, right)
+    return _low_rank_damped_power(grad_matrix, activation, gradient, damping, 1.0)
 
 
 # ------------------------------------------------------------------------------------ Kronecker vectors
@@ -431,23 +408,33 @@ def eigen_posterior_sample(
 def _low_rank_damped_power(
     matrix: Tensor, activation: LowRankEigen, gradient: LowRankEigen, damping: float, power: float
 ) -> Tensor:
-    """``(Â ⊗ Ĝ + γI)^{-power} vec(V)`` for low-rank-plus-isotropic factors on the four eigenspaces of
-    :func:`low_rank_precondition` (``V`` ``(..., d_out, d_in')``)."""
+    """``(Â ⊗ Ĝ + γI)^{-power} vec(V)`` for low-rank-plus-isotropic factors: the four eigenspace parts of
+    :func:`low_rank_precondition`, each scaled by its eigenvalue to the ``-power``, gathered as described
+    there (``V`` ``(..., d_out, d_in')``; a 2-d ``V`` takes the fused ``addmm`` path)."""
     q_a, a = activation.eigenvectors, activation.eigenvalues
     q_g, g = gradient.eigenvectors, gradient.eigenvalues
+    batched = matrix.dim() > 2
     v_qa = matrix @ q_a  # (..., d_out, k_a)
-    core = q_g.T @ v_qa  # (..., k_g, k_a)
-    result = q_g @ (core * (torch.outer(g, a) + damping).pow(-power)) @ q_a.T
-    if not activation.full_rank:
-        top_rest = q_g.T @ matrix - core @ q_a.T  # Q_Gᵀ V (I − P_A)
-        result = result + q_g @ (top_rest * (g * activation.residual + damping).pow(-power)[:, None])
-    if not gradient.full_rank:
-        rest_top = v_qa - q_g @ core  # (I − P_G) V Q_A
-        result = result + (rest_top * (gradient.residual * a + damping).pow(-power)[None, :]) @ q_a.T
-        if not activation.full_rank:
-            rest_rest = matrix - q_g @ (q_g.T @ matrix) - v_qa @ q_a.T + q_g @ core @ q_a.T
-            result = result + rest_rest * (gradient.residual * activation.residual + damping) ** -power
-    return result
+    core = q_g.T @ v_qa  # C: (..., k_g, k_a)
+    top_top = core * (torch.outer(g, a) + damping).pow(-power)
+    if activation.full_rank and gradient.full_rank:
+        return q_g @ top_top @ q_a.T
+    if activation.full_rank:  # V = V Q_A Q_Aᵀ: only the rest-of-G × top-of-A part is added
+        rest_scale = (gradient.residual * a + damping).pow(-power)  # s_A (k_a,)
+        return (v_qa * rest_scale + q_g @ (top_top - core * rest_scale)) @ q_a.T
+    if gradient.full_rank:  # V = Q_G Q_Gᵀ V: only the top-of-G × rest-of-A part is added
+        rest_scale = (g * activation.residual + damping).pow(-power)[:, None]  # s_G (k_g, 1)
+        return q_g @ ((q_g.T @ matrix) * rest_scale + (top_top - rest_scale * core) @ q_a.T)
+    rest_rest = (gradient.residual * activation.residual + damping).pow(-power)  # c, 0-dim
+    top_rest = (g * activation.residual + damping).pow(-power)  # s_G (k_g,)
+    rest_top = (gradient.residual * a + damping).pow(-power)  # s_A (k_a,)
+    mixed = top_top - top_rest[:, None] * core - core * rest_top + rest_rest * core  # M (..., k_g, k_a)
+    top_rows = (top_rest - rest_rest)[:, None] * (q_g.T @ matrix) + mixed @ q_a.T  # (..., k_g, d_in')
+    left = torch.cat((q_g.expand(*v_qa.shape[:-1], -1), v_qa * (rest_top - rest_rest)), dim=-1)
+    right = torch.cat((top_rows, q_a.T.expand(*top_rows.shape[:-2], -1, -1)), dim=-2)
+    if batched:
+        return matrix * rest_rest + left @ right
+    return torch.addmm(matrix * rest_rest, left, right)
 
 
 def low_rank_posterior_sample(

@@ -63,6 +63,15 @@ def make_problem(seed: int = 0):
     return model, x, labels
 
 
+def statistics_then_gradient(net: nn.Module, kfac: KFAC, x: torch.Tensor, labels: torch.Tensor) -> None:
+    """A statistics pass (sampled labels) in ``collect_statistics``, then the labels' loss into ``.grad``."""
+    with kfac.collect_statistics():
+        logits = net(x)
+        sampled_fisher_loss(logits).backward(retain_graph=True)
+    net.zero_grad()
+    F.cross_entropy(logits, labels).backward()
+
+
 def test_trust_region_scale_matches_formula_and_scales_uncovered_parameters() -> None:
     model, x, labels = make_problem()
     reference_model = copy.deepcopy(model)
@@ -71,11 +80,7 @@ def test_trust_region_scale_matches_formula_and_scales_uncovered_parameters() ->
     reference = KFAC(reference_model, lr=lr, kl_clip=None, warn_unsupported=False)
     for net, preconditioner in ((model, kfac), (reference_model, reference)):
         torch.manual_seed(11)
-        with preconditioner.collect_statistics():
-            logits = net(x)
-            sampled_fisher_loss(logits).backward(retain_graph=True)
-        net.zero_grad()
-        F.cross_entropy(logits, labels).backward()
+        statistics_then_gradient(net, preconditioner, x, labels)
     raw_grads = [p.grad.clone() for p in reference_model.parameters()]
     info = kfac.precondition()
     reference_info = reference.precondition()
@@ -100,11 +105,7 @@ def test_a_further_gradient_of_the_same_update_neither_refreshes_nor_advances() 
     model, x, labels = make_problem()
     lr = 0.5
     kfac = KFAC(model, lr=lr, kl_clip=1e-4, update_inverses_every=1, warn_unsupported=False)
-    with kfac.collect_statistics():
-        logits = model(x)
-        sampled_fisher_loss(logits).backward(retain_graph=True)
-    model.zero_grad()
-    F.cross_entropy(logits, labels).backward()
+    statistics_then_gradient(model, kfac, x, labels)
     gradients = [p.grad.clone() for p in model.parameters()]
     first = kfac.precondition()
     assert kfac.steps == 1 and first.inverses_updated
@@ -622,7 +623,7 @@ def test_statistics_backward_records_the_same_statistics_as_backward_and_leaves_
     x = torch.randn(12, 2, 8, 8)
     obs = torch.randn(20, 3)
     for make, loss_of in (
-        (lambda: copy.deepcopy(conv), lambda model: sampled_nll_of_logits(model(x))),
+        (lambda: copy.deepcopy(conv), lambda model: sampled_fisher_loss(model(x))),
         (GaussianPolicy, lambda model: sampled_nll(model, obs)),
     ):
         torch.manual_seed(4)
@@ -650,13 +651,7 @@ def test_statistics_backward_records_the_same_statistics_as_backward_and_leaves_
     with pytest.raises(RuntimeError, match="inside collect_statistics"):
         kfac.statistics_backward(conv(x).sum())
     with kfac.collect_statistics():
-        kfac.statistics_backward(sampled_nll_of_logits(conv(x)))
+        kfac.statistics_backward(sampled_fisher_loss(conv(x)))
     with kfac.collect_statistics():  # an inactive block (update_factors_every=2): nothing to do
-        kfac.statistics_backward(sampled_nll_of_logits(conv(x)))
+        kfac.statistics_backward(sampled_fisher_loss(conv(x)))
     assert kfac.blocks[0].statistics_updates == 1
-
-
-def sampled_nll_of_logits(logits: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        sampled = torch.distributions.Categorical(logits=logits).sample()
-    return F.cross_entropy(logits, sampled)
