@@ -21,6 +21,8 @@ from acktr.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: OpenMP wait policy of every acktr command unless the user set ``OMP_WAIT_POLICY`` (see main)
+OPENMP_WAIT_POLICY = "PASSIVE"
 
 
 def _count(text: str) -> int:
@@ -224,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: torch's spinning workers otherwise take the cores that
+    # envpool's threads and the other processes of a small shared machine need (measured on 2 loaded cores:
+    # `acktr train --env Breakout` 231 -> 459 env steps/s, zoo/benchmarks/throughput.md). It must be set
+    # before torch loads its OpenMP runtime, which happens only after the arguments are parsed.
+    os.environ.setdefault("OMP_WAIT_POLICY", OPENMP_WAIT_POLICY)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench" and len(argv) > 1 and argv[1] not in ("-h", "--help"):
         from acktr import bench

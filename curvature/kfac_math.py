@@ -312,6 +312,70 @@ def low_rank_eigh(
     return LowRankEigen(values, vectors, residual)
 
 
+def compress_sketch(rows: Tensor, size: int) -> Tensor:
+    """Rows ``B'`` ``(min(size, m), d)`` whose ``B'ᵀB'`` is the best rank-``size`` approximation of ``RᵀR``
+    (``R = rows`` ``(m, d)``): ``B' = U_sizeᵀ R`` with ``U_size`` the top eigenvectors of the Gram matrix
+    ``R Rᵀ``, i.e. ``R`` projected on its top left singular vectors. ``B'ᵀB' ⪯ RᵀR``; what is dropped is the
+    tail of the spectrum (a caller that needs the trace keeps it apart).
+
+    Cost ``O(m² d)`` (Gram) for ``m <= 2·size + d``-ish batches; a tall ``R`` (``m > 4·size``) is first
+    reduced by a randomized range finder with one power iteration (``O(m d size)``), exact when
+    ``rank R <= size + 16``. Computed in float64 for a float32 ``R`` (the Gram squares the condition).
+    """
+    count = rows.shape[0]
+    if count <= size:
+        return rows
+    work = rows.to(torch.float64) if rows.dtype != torch.float64 else rows
+    if count > 4 * size and rows.shape[1] > size:
+        # range of Rᵀ (the row space) from one power iteration of RᵀR, then R restricted to it
+        probe = torch.randn(rows.shape[1], size + 16, dtype=work.dtype, device=work.device)
+        basis, _ = torch.linalg.qr(work.T @ (work @ probe))  # (d, s)
+        work = (work @ basis) @ basis.T  # (m, d): R Q Qᵀ, same top spectrum
+        reduced = work @ basis  # (m, s)
+        values, vectors = torch.linalg.eigh(reduced.T @ reduced)  # (s,), (s, s)
+        top = vectors[:, -size:]
+        return (values[-size:].clamp_min(0.0).sqrt()[:, None] * (basis @ top).T).to(rows.dtype)
+    gram = work @ work.T  # (m, m)
+    _, vectors = torch.linalg.eigh(symmetrise(gram))
+    return (vectors[:, -size:].T @ work).to(rows.dtype)
+
+
+def sketch_low_rank_eigh(sketch: Tensor, trace: Tensor, dim: int, rank: int) -> LowRankEigen | None:
+    """:class:`LowRankEigen` of a factor kept as a sketch: ``F ≈ BᵀB`` plus what the sketch dropped,
+    spread isotropically.
+
+    The top-``rank`` eigenpairs of ``BᵀB`` (from the ``(m, m)`` Gram matrix ``B Bᵀ = W Λ Wᵀ``:
+    eigenvectors ``Bᵀ W Λ^{-1/2}``), and the residual ``(tr F − Σ top values) / (d − rank)``: the mean of
+    the remaining eigenvalues of a factor whose exact trace is ``trace`` (trace-preserving, as
+    :func:`low_rank_eigh`). A Gram direction with a zero eigenvalue has no eigenvector of ``BᵀB``: its
+    column is zero and counts with the rest. When the sketch dropped nothing (``F = BᵀB``) and has at most
+    ``rank`` rows, the top part is exact and the residual 0.
+
+    Args:
+        sketch: ``B`` ``(m, d)``; trace: ``tr F`` (0-dim); dim: ``d``; rank: eigenpairs kept (``< d``).
+
+    Returns:
+        ``LowRankEigen`` with ``min(rank, m)`` pairs, or None for non-finite values.
+    """
+    work = sketch.to(torch.float64)
+    keep = min(rank, sketch.shape[0])
+    try:
+        values, vectors = torch.linalg.eigh(symmetrise(work @ work.T))
+    except (RuntimeError, torch.linalg.LinAlgError):
+        return None
+    values, vectors = values[-keep:].clamp_min(0.0), vectors[:, -keep:]
+    # a zero direction of the Gram has no eigenvector of BᵀB: give it a zero column (value 0)
+    positive = values > values.max().clamp_min(torch.finfo(work.dtype).tiny) * 1e-12
+    eigenvectors = (work.T @ vectors) * torch.where(positive, values, torch.ones_like(values)).rsqrt()
+    eigenvectors = eigenvectors * positive
+    values = values * positive
+    rest = (dim - positive.sum()).clamp_min(1)
+    residual = ((trace.to(torch.float64) - values.sum()) / rest).clamp_min(0.0)
+    if not (bool(torch.isfinite(values).all()) and bool(torch.isfinite(eigenvectors).all())):
+        return None
+    return LowRankEigen(values.to(sketch.dtype), eigenvectors.to(sketch.dtype), residual.to(sketch.dtype))
+
+
 def low_rank_precondition(
     grad_matrix: Tensor, activation: LowRankEigen, gradient: LowRankEigen, damping: float
 ) -> Tensor:

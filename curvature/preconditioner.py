@@ -150,6 +150,9 @@ class KFAC:
             rank-one factors inverted by Sherman–Morrison: the cheapest).
         inverse_method: former name of ``curvature`` (``"eigen"``/``"cholesky"``); prefer ``curvature``.
         rank: eigenpairs kept per factor by ``curvature="lowrank"``.
+        sketch_min_dim: with ``curvature="lowrank"``, factors at least this wide are kept as sketches of
+            ``2 (rank + 16)`` rows plus their exact trace instead of dense ``d × d`` matrices (memory
+            ``O(d·rank)``; see :class:`~acktr.curvature.approximations.LowRankKFAC`). None: all dense.
         statistics_fraction: fraction of a batch the caller should run the statistics pass on
             (:meth:`statistics_subset` draws the rows); 1 uses the whole batch.
         row_fraction: fraction of a convolution's (example, position) rows used for its factors, drawn
@@ -198,6 +201,7 @@ class KFAC:
         curvature: str = "eigen",
         inverse_method: str | None = None,
         rank: int = 64,
+        sketch_min_dim: int | None = None,
         statistics_fraction: float = 1.0,
         row_fraction: float = 1.0,
         stagger_refresh: bool = False,
@@ -234,6 +238,9 @@ class KFAC:
             raise ValueError(f"KFAC: curvature must be one of {', '.join(APPROXIMATIONS)}, got {curvature!r}")
         self._curvature = curvature
         self.rank = _check_positive_int("rank", rank)
+        self.sketch_min_dim = (
+            None if sketch_min_dim is None else _check_positive_int("sketch_min_dim", sketch_min_dim)
+        )
         self.statistics_fraction = statistics_fraction
         self._row_fraction = _check_fraction("row_fraction", row_fraction)
         self.stagger_refresh = bool(stagger_refresh)
@@ -416,7 +423,13 @@ class KFAC:
     def _approximation_for(self, layer: Any, dtype: torch.dtype, curvature: str) -> Any:
         activation_dim, gradient_dim = layer.factor_dims()
         return make_approximation(
-            curvature, activation_dim, gradient_dim, has_bias=layer.has_bias, dtype=dtype, rank=self.rank
+            curvature,
+            activation_dim,
+            gradient_dim,
+            has_bias=layer.has_bias,
+            dtype=dtype,
+            rank=self.rank,
+            sketch_min_dim=self.sketch_min_dim,
         )
 
     def _make_blocks(

@@ -405,3 +405,154 @@ def test_warm_started_low_rank_eigh_tracks_a_drifting_factor_with_one_product_pe
     # a start of another width (e.g. the rank changed) falls back to a cold start
     wide_start, _ = torch.linalg.qr(torch.randn(dim, rank + 5, dtype=torch.float64))
     assert kfac_math.low_rank_eigh(factor, rank, start=wide_start) is not None
+
+
+# ------------------------------------------------------------------------------------------ sketches
+
+
+def test_compress_sketch_keeps_the_best_low_rank_part_of_the_second_moment() -> None:
+    torch.manual_seed(13)
+    low_rank = torch.randn(60, 5, dtype=torch.float64) @ torch.randn(5, 30, dtype=torch.float64)
+    noisy = low_rank + 0.01 * torch.randn(60, 30, dtype=torch.float64)
+
+    def best(rows: torch.Tensor, size: int) -> torch.Tensor:
+        values, vectors = torch.linalg.eigh(rows.T @ rows)
+        return vectors[:, -size:] @ torch.diag(values[-size:]) @ vectors[:, -size:].T
+
+    # Gram path (60 rows ≤ 4·size): the best rank-size part, exactly
+    compressed = kfac_math.compress_sketch(noisy, 20)
+    assert compressed.shape == (20, 30)
+    torch.testing.assert_close(compressed.T @ compressed, best(noisy, 20))
+    # randomized path (60 > 4·size): exact when the rows' rank fits the range finder, close otherwise
+    compressed = kfac_math.compress_sketch(low_rank, 8)
+    assert compressed.shape == (8, 30)
+    torch.testing.assert_close(compressed.T @ compressed, low_rank.T @ low_rank)
+    compressed = kfac_math.compress_sketch(noisy, 8)
+    error = (compressed.T @ compressed - best(noisy, 8)).norm() / best(noisy, 8).norm()
+    assert error < 1e-4
+    assert kfac_math.compress_sketch(noisy, 60) is noisy  # nothing to drop
+
+
+def test_sketch_low_rank_eigh_is_exact_for_an_exact_sketch_and_spreads_the_dropped_trace() -> None:
+    torch.manual_seed(14)
+    sketch = torch.randn(6, 20, dtype=torch.float64)
+    factor = sketch.T @ sketch
+    exact = kfac_math.sketch_low_rank_eigh(sketch, torch.diagonal(factor).sum(), 20, rank=10)
+    assert exact is not None
+    values, vectors, residual = exact
+    # 6 positive directions (rank 6 < 10): they are exact, the residual 0
+    torch.testing.assert_close(vectors @ torch.diag(values) @ vectors.T, factor)
+    assert float(residual) == pytest.approx(0.0, abs=1e-10)
+    # its zero columns (4 Gram directions without an eigenvector) count with the isotropic rest: the
+    # preconditioner still solves (Â ⊗ Ĝ + λI) exactly, here with the extra trace spread over the rest
+    spread = kfac_math.sketch_low_rank_eigh(sketch, torch.diagonal(factor).sum() + 2.0, 20, rank=10)
+    assert spread is not None and int((spread.eigenvectors.norm(dim=0) > 0).sum()) == 6
+    approximated = factor + float(spread.residual) * (
+        torch.eye(20, dtype=torch.float64) - spread.eigenvectors @ spread.eigenvectors.T
+    )
+    gradient_factor = random_spd(3).double()
+    values_g, vectors_g = torch.linalg.eigh(gradient_factor)
+    gradient = LowRankEigen(values_g, vectors_g, torch.zeros((), dtype=torch.float64))
+    grad = torch.randn(3, 20, dtype=torch.float64)
+    torch.testing.assert_close(
+        kfac_math.low_rank_precondition(grad, spread, gradient, 1e-2),
+        dense_solve(approximated, gradient_factor, grad, 1e-2),
+    )
+    top = kfac_math.sketch_low_rank_eigh(sketch, torch.diagonal(factor).sum() + 14.0, 20, rank=4)
+    assert top is not None
+    reference = torch.linalg.eigvalsh(factor)
+    torch.testing.assert_close(top.eigenvalues, reference[-4:])
+    torch.testing.assert_close(top.eigenvectors.T @ top.eigenvectors, torch.eye(4, dtype=torch.float64))
+    # rest: the trace beyond the top 4 (two more directions of the sketch + 14 dropped), over 16 directions
+    assert float(top.residual) == pytest.approx(float(reference[:-4].sum() + 14.0) / 16)
+
+
+def _sketch_stream(kfac: KFAC, layer: nn.Linear, updates: int, rows: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(6, layer.in_features, generator=generator)
+    for _ in range(updates):
+        x = torch.randn(rows, 6, generator=generator) @ mixing + 0.05 * torch.randn(
+            rows, layer.in_features, generator=generator
+        )
+        target = torch.randn(rows, layer.out_features, generator=generator)
+        with kfac.collect_statistics():  # a fixed regression loss: both KFACs see the same gradients
+            (0.5 * (layer(x) - target).square().sum(1)).mean().backward()
+
+
+def test_sketched_factor_equals_the_dense_running_factor_until_it_is_compressed() -> None:
+    torch.manual_seed(15)
+    layer = nn.Linear(120, 3)
+    options = dict(curvature="lowrank", rank=8, factor_decay=0.9, cold_iter=2, kl_clip=None)
+    dense, sketched = KFAC(layer, **options), KFAC(layer, sketch_min_dim=100, **options)
+    approximation = sketched.blocks[0].approximation
+    assert approximation.sketched("activation") and not approximation.sketched("gradient")
+    # sketch rows ℓ = 2·(8 + 16) = 48; 4 updates of 10 rows stay below the 96 that trigger a compression
+    for kfac in (dense, sketched):
+        _sketch_stream(kfac, layer, updates=4, rows=10, seed=0)
+    assert approximation._sketches["activation"][0].shape == (40, 121)
+    torch.testing.assert_close(sketched.blocks[0].activation_factor, dense.blocks[0].activation_factor)
+    torch.testing.assert_close(sketched.blocks[0].gradient_factor, dense.blocks[0].gradient_factor)
+    # a deliberately wrong decay of the sketch (no √(1 − w) on the old rows) would differ here
+    _, trace = approximation._sketches["activation"]
+    assert float(trace) == pytest.approx(
+        float(torch.diagonal(dense.blocks[0].activation_factor).sum()), rel=1e-5
+    )
+
+
+def test_sketched_low_rank_curvature_tracks_the_dense_low_rank_one_on_a_long_stream() -> None:
+    """After many compressions the sketch keeps the top of the spectrum: the preconditioned gradient is
+    close to the one from the dense factor's own low-rank approximation, and the memory is ℓ rows."""
+    torch.manual_seed(16)
+    layer = nn.Linear(300, 4)
+    options = dict(curvature="lowrank", rank=8, kl_clip=None, update_inverses_every=1)
+    dense, sketched = KFAC(layer, **options), KFAC(layer, sketch_min_dim=200, **options)
+    for kfac in (dense, sketched):
+        _sketch_stream(kfac, layer, updates=60, rows=10, seed=1)
+    rows, _ = sketched.blocks[0].approximation._sketches["activation"]
+    assert rows.shape[0] <= 2 * 48 and rows.shape[1] == 301
+    assert sketched.blocks[0].approximation._factors["activation"] is None  # never held dense
+    grad = torch.randn(4, 301)
+    directions = []
+    for kfac in (dense, sketched):
+        kfac.update_curvature()
+        directions.append(kfac.blocks[0].approximation.precondition(grad, damping=1e-2))
+    relative = (directions[0] - directions[1]).norm() / directions[0].norm()
+    assert relative < 0.02, relative
+    dense_values = dense.blocks[0].approximation.activation_lowrank.eigenvalues
+    sketch_values = sketched.blocks[0].approximation.activation_lowrank.eigenvalues
+    torch.testing.assert_close(sketch_values[-6:], dense_values[-6:], rtol=0.02, atol=1e-4)
+
+
+def test_sketched_state_round_trips_bit_for_bit_and_loads_into_a_dense_lowrank() -> None:
+    torch.manual_seed(17)
+    layer = nn.Linear(150, 3)
+    options = dict(curvature="lowrank", rank=8, kl_clip=None)
+    kfac = KFAC(layer, sketch_min_dim=100, **options)
+    _sketch_stream(kfac, layer, updates=12, rows=10, seed=2)
+    state = copy.deepcopy(kfac.state_dict())
+    block_state = state["blocks"][kfac.blocks[0].name]
+    assert block_state["activation_factor"] is None and block_state["activation_sketch"][0].shape[1] == 151
+    restored = KFAC(copy.deepcopy(layer), sketch_min_dim=100, **options)
+    restored.load_state_dict(state)
+    for a, b in zip(
+        kfac.blocks[0].approximation._sketches["activation"],
+        restored.blocks[0].approximation._sketches["activation"],
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    dense = KFAC(copy.deepcopy(layer), **options)  # no sketching: the sketch is materialised
+    dense.load_state_dict(state)
+    torch.testing.assert_close(dense.blocks[0].activation_factor, kfac.blocks[0].activation_factor)
+    back = KFAC(copy.deepcopy(layer), sketch_min_dim=100, **options)  # dense state into a sketched KFAC
+    back.load_state_dict(dense.state_dict())
+    torch.testing.assert_close(
+        torch.diagonal(back.blocks[0].activation_factor).sum(),
+        torch.diagonal(dense.blocks[0].activation_factor).sum(),
+    )
+
+
+def test_sketch_min_dim_is_validated() -> None:
+    with pytest.raises(ValueError, match="sketch_min_dim"):
+        KFAC(nn.Linear(3, 2), curvature="lowrank", sketch_min_dim=0)
+    with pytest.raises(TypeError, match="sketch_min_dim must be an int"):
+        KFAC(nn.Linear(3, 2), curvature="lowrank", sketch_min_dim=2.5)  # type: ignore[arg-type]

@@ -335,6 +335,19 @@ def test_threads_default_to_one_for_mlp_on_cpu() -> None:
         torch.set_num_threads(previous)
 
 
+def test_the_command_lets_idle_openmp_threads_sleep_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert main(["zoo"]) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert main(["zoo"]) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
 def test_progress_bar_shows_rate_return_and_eta() -> None:
     from acktr.progress import Progress
 

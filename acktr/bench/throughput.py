@@ -1,13 +1,15 @@
 """``acktr bench throughput``: env steps/s of a whole training process, ours against SB3 A2C's Atari pipeline.
 
-Three measurements, each in its own freshly spawned process (so peak memory is that run's alone), run one
+Five measurements, each in its own freshly spawned process (so peak memory is that run's alone), run one
 after the other on the same machine with the same torch thread count:
 
 1. **acktr**: the run ``acktr train --env ENV`` builds (zoo defaults, the run factory, its env backend),
    warmed up, then ``learn()`` timed over ``--steps`` env steps; the share of that time spent in ``train()``
    (the update) is measured by wrapping it.
 2. **SB3 A2C**: ``A2C("CnnPolicy", VecFrameStack(make_atari_env("<Game>NoFrameskip-v4", n_envs=16), 4))``
-   with A2C's defaults, the same warm-up and timing.
+   with A2C's defaults, the same warm-up and timing, as its users run it (``OMP_WAIT_POLICY`` unset);
+   and once more with the OpenMP wait policy the ``acktr`` command sets (``PASSIVE``), so that what the
+   setting buys and what the engine buys are reported apart.
 3. **env only**: our env backend for the same ``n_envs`` stepped with random actions (the ceiling).
 4. **SB3 env only**: SB3's pipeline of 2. stepped with random actions, for its memory.
 
@@ -20,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import platform
 import resource
 import time
 from typing import Any
+
+from acktr.cli import OPENMP_WAIT_POLICY
 
 ATARI_REFERENCE_ENVS = 16  # SB3 / rl-zoo's A2C Atari setting
 
@@ -138,9 +143,22 @@ def _measure_env_only(env: str, n_envs: int, backend: str, steps: int) -> dict[s
     return {"steps_per_s": _random_steps_per_s(venv, steps), "rss_mb": _peak_rss_mb()}
 
 
-def _in_fresh_process(function: Any, *args: Any) -> dict[str, Any]:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(function, args)
+def _in_fresh_process(function: Any, *args: Any, openmp_wait_policy: str | None = None) -> dict[str, Any]:
+    """``function(*args)`` in a freshly spawned process; ``openmp_wait_policy`` sets its
+    ``OMP_WAIT_POLICY`` (None: unset, OpenMP's default of spinning a while before sleeping)."""
+    saved = os.environ.get("OMP_WAIT_POLICY")
+    if openmp_wait_policy is None:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = openmp_wait_policy
+    try:  # a spawned child takes the environment at its start
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(function, args)
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        else:
+            os.environ["OMP_WAIT_POLICY"] = saved
 
 
 def run(args: argparse.Namespace) -> str:
@@ -150,10 +168,19 @@ def run(args: argparse.Namespace) -> str:
         raise SystemExit(f"bench throughput: {args.env!r} is not an Atari game; pass e.g. --env Breakout")
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("bench throughput: --steps must be >= 1 and --warmup >= 0")
-    ours = _in_fresh_process(_measure_ours, args.env, args.warmup, args.steps, args.threads)
+    # acktr as `acktr train` runs it (its OpenMP wait policy, or the user's); SB3 A2C as its users run it
+    # (OpenMP's default) and with acktr's policy, so the engine and the setting are compared apart
+    policy = os.environ.get("OMP_WAIT_POLICY", OPENMP_WAIT_POLICY)
+    ours = _in_fresh_process(
+        _measure_ours, args.env, args.warmup, args.steps, args.threads, openmp_wait_policy=policy
+    )
     print(f"acktr: {ours['steps_per_s']:,.0f} steps/s", flush=True)
     a2c = _in_fresh_process(_measure_sb3_a2c, args.env, args.warmup, args.steps, ours["threads"])
     print(f"SB3 A2C: {a2c['steps_per_s']:,.0f} steps/s", flush=True)
+    a2c_same = _in_fresh_process(
+        _measure_sb3_a2c, args.env, args.warmup, args.steps, ours["threads"], openmp_wait_policy=policy
+    )
+    print(f"SB3 A2C (OMP_WAIT_POLICY={policy}): {a2c_same['steps_per_s']:,.0f} steps/s", flush=True)
     env_only = _in_fresh_process(_measure_env_only, args.env, ours["n_envs"], ours["backend"], args.steps)
     print(f"env only: {env_only['steps_per_s']:,.0f} steps/s", flush=True)
     sb3_env = _in_fresh_process(_measure_sb3_env_only, args.env, args.steps)
@@ -166,9 +193,12 @@ def run(args: argparse.Namespace) -> str:
         "",
         f"Each row is one fresh process: {args.warmup:,} warm-up steps, then {args.steps:,} timed env steps "
         f"of `learn()`; torch threads {ours['threads']} for both agents. acktr: the zoo entry as "
-        f"`acktr train --env {args.env}` builds it ({ours['n_envs']} envs, backend {ours['backend']}). "
+        f"`acktr train --env {args.env}` builds it ({ours['n_envs']} envs, backend {ours['backend']}, "
+        f"OMP_WAIT_POLICY={policy} as the acktr command sets it). "
         "SB3 A2C: `A2C('CnnPolicy')` with its defaults on "
-        f"`make_atari_env(..., n_envs={ATARI_REFERENCE_ENVS})` + `VecFrameStack(4)`. Env only: our backend "
+        f"`make_atari_env(..., n_envs={ATARI_REFERENCE_ENVS})` + `VecFrameStack(4)`, run as its users run it "
+        f"(OpenMP's default wait policy: idle threads spin a while) and with OMP_WAIT_POLICY={policy}. "
+        "Env only: our backend "
         "stepped with random actions; SB3 env only: SB3's pipeline stepped the same way. Machine: "
         f"{platform.processor() or platform.machine()}, {multiprocessing.cpu_count()} cores.",
         "",
@@ -176,10 +206,14 @@ def run(args: argparse.Namespace) -> str:
         "|---|---:|---:|---:|",
         f"| acktr | {ours['steps_per_s']:,.0f} | {ours['train_share']:.0%} | {ours['rss_mb']:,.0f} |",
         f"| SB3 A2C | {a2c['steps_per_s']:,.0f} | {a2c['train_share']:.0%} | {a2c['rss_mb']:,.0f} |",
+        f"| SB3 A2C, OMP_WAIT_POLICY={policy} | {a2c_same['steps_per_s']:,.0f} | "
+        f"{a2c_same['train_share']:.0%} | {a2c_same['rss_mb']:,.0f} |",
         f"| env only | {env_only['steps_per_s']:,.0f} | — | {env_only['rss_mb']:,.0f} |",
         f"| SB3 env only | {sb3_env['steps_per_s']:,.0f} | — | {sb3_env['rss_mb']:,.0f} |",
         "",
         f"- acktr ÷ SB3 A2C: **{ours['steps_per_s'] / a2c['steps_per_s']:.2f}×** (target ≥ 2.0)",
+        f"- acktr ÷ SB3 A2C with the same OpenMP wait policy: "
+        f"**{ours['steps_per_s'] / a2c_same['steps_per_s']:.2f}×**",
         f"- acktr ÷ env only: **{ours['steps_per_s'] / env_only['steps_per_s']:.2f}** (target ≥ 0.5)",
         f"- peak RSS acktr ÷ SB3 A2C: **{ours['rss_mb'] / a2c['rss_mb']:.2f}×** (target ≤ 1.2)",
         f"- memory above the env process (peak RSS − env-only peak RSS): acktr {ours_above_env:,.0f} MB, "

@@ -46,6 +46,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lowrank-subsampled": {"curvature": "lowrank", "statistics_fraction": 0.125, "row_fraction": 0.25},
     "eva": {"curvature": "eva", "statistics_fraction": 1.0, "row_fraction": 1.0},
     "eva-subsampled": {"curvature": "eva", "statistics_fraction": 0.125, "row_fraction": 0.25},
+    # ACKTR's default with the statistics pass (and the KL measurement) on every 4th update only
+    "factors-every-4": {**ACKTR_DEFAULT, "update_factors_every": 4},
+    # ACKTR's default with factors of 2048+ columns kept as sketches (the Nature CNN's 3137-wide A)
+    "sketch": {**ACKTR_DEFAULT, "sketch_min_dim": 2048},
 }
 
 
@@ -86,6 +90,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--stagger", action="store_true", help="spread decomposition refreshes over updates")
     parser.add_argument(
+        "--sketch-min-dim",
+        type=int,
+        default=None,
+        help="K-FAC sketch_min_dim: low-rank factors at least this wide kept as sketches (default: ACKTR's)",
+    )
+    parser.add_argument(
+        "--factors-every",
+        dest="update_factors_every",
+        type=int,
+        default=1,
+        help="K-FAC update_factors_every: the statistics pass (and ACKTR's KL measurement) every Nth update",
+    )
+    parser.add_argument(
         "--presets",
         default=None,
         help="comma-separated named configurations to compare in one run (overrides the K-FAC options "
@@ -121,6 +138,8 @@ def kfac_options(args: argparse.Namespace) -> dict[str, Any]:
         "statistics_fraction": args.statistics_fraction,
         "row_fraction": args.row_fraction,
         "stagger_refresh": args.stagger,
+        "update_factors_every": args.update_factors_every,
+        "sketch_min_dim": args.sketch_min_dim,
     }
 
 
