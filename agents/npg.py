@@ -43,6 +43,9 @@ CG_ONLY_KEYWORDS = ("cg_max_steps", "cg_damping")
 # The K-FAC critic's statistics and refresh periods, in minibatch steps (factors averaged with decay 0.95):
 # the critic takes n_critic_updates x (batch / batch_size) steps per rollout, and refreshing its curvature
 # on each made the update dearer than TRPO's whole update (measured on CartPole's zoo settings).
+# Range of calibrate_step's rescaling of the model step: down to 1/100 (the model's KL 10⁴× too small) and up
+# to 3× (the KL model 9× too large; beyond that a quadratic extrapolation is not trusted).
+CALIBRATION_RANGE = (0.01, 3.0)
 CRITIC_UPDATE_FACTORS_EVERY = 5
 CRITIC_UPDATE_INVERSES_EVERY = 10
 _warned_cg_keywords: set[str] = set()
@@ -66,6 +69,22 @@ def natural_step_size(natural_grad_dot: float, target_kl: float) -> float:
     if not math.isfinite(natural_grad_dot) or natural_grad_dot <= 0.0:
         return 0.0
     return math.sqrt(2.0 * target_kl / natural_grad_dot)
+
+
+def calibrated_step_scale(measured_kl: float, target_kl: float, *, smallest: float, largest: float) -> float:
+    """The factor ``c`` that brings a trial step's measured KL to the target under the quadratic model.
+
+    A step ``αΔ`` whose model KL was δ but whose measured KL is ``κ`` has curvature ``κ/δ`` times the model's
+    along ``Δ``; ``c = sqrt(δ / κ)`` makes ``cαΔ``'s KL δ (to second order). Clipped to
+    ``[smallest, largest]``.
+
+    :param measured_kl: ``κ`` ≥ 0, the measured mean KL of the trial step.
+    :param target_kl: δ > 0.
+    :return: c; 1 when κ is 0 or not finite (no information: keep the model's step).
+    """
+    if not math.isfinite(measured_kl) or measured_kl <= 0.0:
+        return 1.0
+    return min(largest, max(smallest, math.sqrt(target_kl / measured_kl)))
 
 
 def backtracking_coefficients(shrinking_factor: float, max_iter: int) -> list[float]:
@@ -216,7 +235,12 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
        quadratic KL model equal δ. With ``line_search=True`` (default, as TRPO) the fractions ``βⁱ`` of the
        step are tried (β = ``line_search_shrinking_factor``, ``line_search_max_iter`` tries) and the first
        whose measured KL ≤ δ and whose surrogate improved is kept; if none is, the policy is left unchanged.
-       Without the line search the full step is taken (its KL is still measured and logged).
+       Without the line search the full step is taken (its KL is still measured and logged). With
+       ``calibrate_step=True`` (default) the model step's KL is measured first and the step rescaled so that
+       its measured KL would be δ (``sqrt(δ / KL)``, between 0.01× and 3×) before the line search starts:
+       K-FAC's block-diagonal Kronecker curvature can be far off along its own direction (measured on
+       Hopper's 256-256 tanh policy: the true KL 30–70× the model's), and then every try of a line search
+       from the model's step fails or ends many shrinks short. Logged: ``train/kl_model_ratio``.
     2. **Critic.** ``n_critic_updates`` epochs over minibatches of ``batch_size`` of the value loss
        ``mean((R − V)²)`` on the critic-only parameters (TRPO drops the gradients of parameters shared with
        the actor; so does NPG). ``critic_optimizer="kfac"`` (default): each minibatch step is preconditioned
@@ -234,6 +258,7 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
     NPG's own keywords:
 
     :param line_search: backtracking line search on the measured KL and surrogate (TRPO always runs one).
+    :param calibrate_step: rescale the model step to the measured KL before the line search (see 1.).
     :param damping: Tikhonov damping λ of the actor's K-FAC factors (and of ``log_std``'s diagonal Fisher).
     :param factor_decay: running-average decay of the actor's factors across updates (0: this batch only).
     :param critic_optimizer: ``"kfac"`` or ``"adam"`` (see 2. above).
@@ -279,6 +304,7 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
         line_search: bool = True,
+        calibrate_step: bool = True,
         damping: float = 0.01,
         factor_decay: float = 0.0,
         critic_optimizer: str = "kfac",
@@ -362,6 +388,7 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         self.n_critic_updates = n_critic_updates
         self.sub_sampling_factor = sub_sampling_factor
         self.line_search = bool(line_search)
+        self.calibrate_step = bool(calibrate_step)
         self.damping = damping
         self.factor_decay = factor_decay
         self.critic_optimizer = critic_optimizer
@@ -485,6 +512,13 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
             if self.line_search
             else [1.0]
         )
+        model_ratio = float("nan")
+        if getattr(self, "calibrate_step", False) and step_size > 0.0:
+            trial_kl, _ = place(1.0)
+            model_ratio = trial_kl / self.target_kl
+            step_size *= calibrated_step_scale(
+                trial_kl, self.target_kl, smallest=CALIBRATION_RANGE[0], largest=CALIBRATION_RANGE[1]
+            )
         accepted, kl, new_objective, fraction, shrinks = False, 0.0, old_objective, 0.0, len(fractions)
         for tried, candidate in enumerate(fractions if step_size > 0.0 else []):
             kl, new_objective = place(candidate)
@@ -508,6 +542,7 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
             "natural_grad_dot": natural_grad_dot,
             "line_search_steps": float(shrinks),
             "line_search_success": float(accepted),
+            "kl_model_ratio": model_ratio,
             "eigh_failures": float(info.eigh_failures),
         }
 
@@ -574,6 +609,8 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         self.logger.record("train/natural_grad_dot", policy_logs["natural_grad_dot"])
         self.logger.record("train/line_search_steps", policy_logs["line_search_steps"])
         self.logger.record("train/is_line_search_success", policy_logs["line_search_success"])
+        if math.isfinite(policy_logs.get("kl_model_ratio", float("nan"))):
+            self.logger.record("train/kl_model_ratio", policy_logs["kl_model_ratio"])
         self.logger.record("train/explained_variance", explained_var)
         self.logger.record("train/eigh_failures", policy_logs["eigh_failures"])
         critic_info = self.npg_optimizer.last_critic_info
