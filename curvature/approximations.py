@@ -334,9 +334,12 @@ class KroneckerFactors(CurvatureApproximation):
         """An empty (zero) running factor, before the first batch is folded in."""
         self._set_factor(side, torch.zeros(dim, dim, dtype=self.dtype, device=device))
 
+    def _dim(self, side: str) -> int:
+        return self.activation_dim if side == "activation" else self.gradient_dim
+
     def _keeps_rows(self, side: str, count: int) -> bool:
         """Whether ``count`` rows of ``side`` are kept for a rank-N update (else reduced to a moment)."""
-        return count < (self.activation_dim if side == "activation" else self.gradient_dim)
+        return count < self._dim(side)
 
     def _statistics_finite(self) -> Tensor:
         activation, gradient = self._factor("activation"), self._factor("gradient")
@@ -359,9 +362,8 @@ class KroneckerFactors(CurvatureApproximation):
     def observe_activations(self, rows: Tensor) -> None:
         rows = rows.to(self.dtype)
         count = rows.shape[0]
-        if self._keeps_rows(
-            "activation", count
-        ):  # few rows: keep them (with the homogeneous 1) for a rank-N update
+        # few rows: keep them (with the homogeneous 1) for a rank-N update
+        if self._keeps_rows("activation", count):
             if self.has_bias:
                 rows = torch.cat([rows, rows.new_ones(count, 1)], dim=1)
             self._activation_calls.append((rows, 1.0 / count, count))
@@ -420,8 +422,8 @@ class KroneckerFactors(CurvatureApproximation):
             # the damping alone acts). Rows are folded in as a rank-N update, so a wide factor fed few
             # rows never holds a dense RᵀR beside itself.
             device = sides[0][1].device
-            for side, dim in (("activation", self.activation_dim), ("gradient", self.gradient_dim)):
-                self._start_side(side, dim, device)
+            for side in ("activation", "gradient"):
+                self._start_side(side, self._dim(side), device)
             self.finite_updates = torch.zeros((), dtype=self.dtype, device=device)
         finite = torch.isfinite(sides[0][1].sum()) & torch.isfinite(sides[1][1].sum())
         count = self.finite_updates
@@ -595,9 +597,6 @@ class LowRankKFAC(KroneckerFactors):
         super().__init__(activation_dim, gradient_dim, has_bias=has_bias, dtype=dtype)
 
     # ------------------------------------------------------------------ sketched sides
-    def _dim(self, side: str) -> int:
-        return self.activation_dim if side == "activation" else self.gradient_dim
-
     def sketched(self, side: str) -> bool:
         """Whether ``side`` (``"activation"`` or ``"gradient"``) is kept as a sketch."""
         dim = self._dim(side)

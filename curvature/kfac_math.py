@@ -359,6 +359,10 @@ def sketch_low_rank_eigh(sketch: Tensor, trace: Tensor, dim: int, rank: int) -> 
     """
     work = sketch.to(torch.float64)
     keep = min(rank, sketch.shape[0])
+    if keep == 0:  # an empty sketch: all of the trace is the isotropic rest
+        return LowRankEigen(
+            sketch.new_zeros(0), sketch.new_zeros(dim, 0), (trace / dim).clamp_min(0.0).to(sketch.dtype)
+        )
     try:
         values, vectors = torch.linalg.eigh(symmetrise(work @ work.T))
     except (RuntimeError, torch.linalg.LinAlgError):

@@ -465,6 +465,23 @@ def test_sketch_low_rank_eigh_is_exact_for_an_exact_sketch_and_spreads_the_dropp
     torch.testing.assert_close(top.eigenvectors.T @ top.eigenvectors, torch.eye(4, dtype=torch.float64))
     # rest: the trace beyond the top 4 (two more directions of the sketch + 14 dropped), over 16 directions
     assert float(top.residual) == pytest.approx(float(reference[:-4].sum() + 14.0) / 16)
+    empty = kfac_math.sketch_low_rank_eigh(sketch[:0], torch.tensor(4.0, dtype=torch.float64), 20, rank=4)
+    assert empty is not None and empty.eigenvectors.shape == (20, 0) and float(empty.residual) == 0.2
+    gradient = _exact_low_rank(random_spd(3).double())
+    grad = torch.randn(3, 20, dtype=torch.float64)
+    torch.testing.assert_close(
+        kfac_math.low_rank_precondition(grad, empty, gradient, 1e-2),
+        dense_solve(0.2 * torch.eye(20, dtype=torch.float64), _dense_of(gradient), grad, 1e-2),
+    )
+
+
+def _exact_low_rank(factor: torch.Tensor) -> LowRankEigen:
+    values, vectors = torch.linalg.eigh(factor)
+    return LowRankEigen(values, vectors, torch.zeros((), dtype=factor.dtype))
+
+
+def _dense_of(decomposition: LowRankEigen) -> torch.Tensor:
+    return decomposition.eigenvectors @ torch.diag(decomposition.eigenvalues) @ decomposition.eigenvectors.T
 
 
 def _sketch_stream(kfac: KFAC, layer: nn.Linear, updates: int, rows: int, seed: int) -> None:
