@@ -59,6 +59,7 @@ def test_the_acktr_default_preset_is_acktrs_default() -> None:
 
     preset = PRESETS["acktr-default"]
     assert preset == {key: DEFAULT_KFAC_OPTIONS[key] for key in preset}
+    assert PRESETS["lowrank-dense"] == {**preset, "sketch_min_dim": None}
     # the benchmarked policies (Nature CNN, 64-64 MLP, discrete actions) have no parameter outside a layer
     assert set(DEFAULT_KFAC_OPTIONS) - set(preset) == {"uncovered_curvature"}
 

@@ -36,7 +36,12 @@ POLICIES: dict[str, tuple[tuple[int, ...], np.dtype, int, str]] = {
 }
 PHASES = ("forward", "fisher_backward", "backward", "step", "kl")
 # ACKTR's own K-FAC configuration (agents/acktr.py DEFAULT_KFAC_OPTIONS), the benchmark's default
-ACKTR_DEFAULT: dict[str, Any] = {"curvature": "lowrank", "statistics_fraction": "auto", "row_fraction": 0.25}
+ACKTR_DEFAULT: dict[str, Any] = {
+    "curvature": "lowrank",
+    "statistics_fraction": "auto",
+    "row_fraction": 0.25,
+    "sketch_min_dim": 2048,
+}
 # Named K-FAC configurations for --presets (the Pareto table of zoo/benchmarks/update.md); "acktr-default" is
 # ACKTR's DEFAULT_KFAC_OPTIONS, "lowrank-subsampled" the zoo's Atari/MinAtar setting.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -48,8 +53,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "eva-subsampled": {"curvature": "eva", "statistics_fraction": 0.125, "row_fraction": 0.25},
     # ACKTR's default with the statistics pass (and the KL measurement) on every 4th update only
     "factors-every-4": {**ACKTR_DEFAULT, "update_factors_every": 4},
-    # ACKTR's default with factors of 2048+ columns kept as sketches (the Nature CNN's 3137-wide A)
-    "sketch": {**ACKTR_DEFAULT, "sketch_min_dim": 2048},
+    # ACKTR's default with every factor dense (its default before wide factors were sketched)
+    "lowrank-dense": {**ACKTR_DEFAULT, "sketch_min_dim": None},
 }
 
 
@@ -92,8 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sketch-min-dim",
         type=int,
-        default=None,
-        help="K-FAC sketch_min_dim: low-rank factors at least this wide kept as sketches (default: ACKTR's)",
+        default=ACKTR_DEFAULT["sketch_min_dim"],
+        help="K-FAC sketch_min_dim: low-rank factors at least this wide kept as sketches, 0 for none "
+        "(default: ACKTR's)",
     )
     parser.add_argument(
         "--factors-every",
@@ -139,7 +145,7 @@ def kfac_options(args: argparse.Namespace) -> dict[str, Any]:
         "row_fraction": args.row_fraction,
         "stagger_refresh": args.stagger,
         "update_factors_every": args.update_factors_every,
-        "sketch_min_dim": args.sketch_min_dim,
+        "sketch_min_dim": args.sketch_min_dim or None,
     }
 
 
