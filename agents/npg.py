@@ -40,12 +40,12 @@ CRITIC_OPTIMIZERS = ("kfac", "adam")
 CRITIC_STEP_RULES = ("whitened", "natural")
 # TRPO keywords that only configure its conjugate-gradient solve: accepted (TRPO code runs), unused.
 CG_ONLY_KEYWORDS = ("cg_max_steps", "cg_damping")
-# The K-FAC critic's statistics and refresh periods, in minibatch steps (factors averaged with decay 0.95):
-# the critic takes n_critic_updates x (batch / batch_size) steps per rollout, and refreshing its curvature
-# on each made the update dearer than TRPO's whole update (measured on CartPole's zoo settings).
 # Range of calibrate_step's rescaling of the model step: down to 1/100 (the model's KL 10⁴× too small) and up
 # to 3× (the KL model 9× too large; beyond that a quadratic extrapolation is not trusted).
 CALIBRATION_RANGE = (0.01, 3.0)
+# The K-FAC critic's statistics and refresh periods, in minibatch steps (factors averaged with decay 0.95):
+# the critic takes n_critic_updates x (batch / batch_size) steps per rollout, and refreshing its curvature
+# on each made the update dearer than TRPO's whole update (measured on CartPole's zoo settings).
 CRITIC_UPDATE_FACTORS_EVERY = 5
 CRITIC_UPDATE_INVERSES_EVERY = 10
 _warned_cg_keywords: set[str] = set()
