@@ -318,8 +318,8 @@ def compress_sketch(rows: Tensor, size: int) -> Tensor:
     ``R Rᵀ``, i.e. ``R`` projected on its top left singular vectors. ``B'ᵀB' ⪯ RᵀR``; what is dropped is the
     tail of the spectrum (a caller that needs the trace keeps it apart).
 
-    Cost ``O(m² d)`` (Gram) for ``m <= 2·size + d``-ish batches; a tall ``R`` (``m > 4·size``) is first
-    reduced by a randomized range finder with one power iteration (``O(m d size)``), exact when
+    Cost ``O(m² d)`` through the Gram matrix for ``m <= 4·size`` rows; a taller ``R`` is first restricted to
+    the row space found by a randomized range finder with one power iteration (``O(m d size)``), exact when
     ``rank R <= size + 16``. Computed in float64 for a float32 ``R`` (the Gram squares the condition).
     """
     count = rows.shape[0]
@@ -329,9 +329,8 @@ def compress_sketch(rows: Tensor, size: int) -> Tensor:
     if count > 4 * size and rows.shape[1] > size:
         # range of Rᵀ (the row space) from one power iteration of RᵀR, then R restricted to it
         probe = torch.randn(rows.shape[1], size + 16, dtype=work.dtype, device=work.device)
-        basis, _ = torch.linalg.qr(work.T @ (work @ probe))  # (d, s)
-        work = (work @ basis) @ basis.T  # (m, d): R Q Qᵀ, same top spectrum
-        reduced = work @ basis  # (m, s)
+        basis, _ = torch.linalg.qr(work.T @ (work @ probe))  # Q (d, s)
+        reduced = work @ basis  # R Q (m, s): (R Q Qᵀ)ᵀ(R Q Qᵀ) = Q (QᵀRᵀR Q) Qᵀ
         values, vectors = torch.linalg.eigh(reduced.T @ reduced)  # (s,), (s, s)
         top = vectors[:, -size:]
         return (values[-size:].clamp_min(0.0).sqrt()[:, None] * (basis @ top).T).to(rows.dtype)
