@@ -16,7 +16,7 @@ install: $(STAMP)
 
 ## train: a real short ACKTR run on CartPole-v1 (about a minute on 2 cores)
 train: $(STAMP)
-	$(BIN)/acktr train --env CartPole --timesteps 100000 --seed 0
+	$(BIN)/acktr train --env CartPole --seed 0
 
 ## test: the default test suite (< 15 minutes on 2 cores); slow learning runs excluded
 test: $(STAMP)
