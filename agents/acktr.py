@@ -879,6 +879,10 @@ class ACKTR(TensorRolloutMixin, OnPolicyAlgorithm):
             self.logger.record("train/lr_multiplier", self.lr_multiplier)
         self.logger.record("train/kl_clip", float("nan") if kfac.kl_clip is None else float(kfac.kl_clip))
         self.logger.record("train/step_scale", 1.0 if info is None else float(info.step_scale.item()))
+        if info is not None and not cold:
+            # the trust region's quadratic model of the step's KL (policy and critic parts, before momentum):
+            # what kl_clip bounds; beside train/kl it shows how far K-FAC's model is from the KL taken
+            self.logger.record("train/predicted_kl", float(info.predicted_kl))
         if split:
             self.logger.record("train/vf_step_scale", self._vf_step_scale)
         if getattr(self, "vf_kl_clip", None) is not None:

@@ -241,6 +241,8 @@ def test_logger_keys_and_measured_kl() -> None:
     assert recorded >= ACKTR_TRAIN_KEYS, ACKTR_TRAIN_KEYS - recorded
     assert model.logger.name_to_value["train/kl_clip"] == 1e-3
     assert 0 < model.logger.name_to_value["train/step_scale"] <= 1
+    # the trust region's model KL of the step, η² ν² ⟨Δ, g⟩, within what kl_clip allows
+    assert 0 < model.logger.name_to_value["train/predicted_kl"] <= 1e-3 * (1 + 1e-5)
 
     # train/kl is KL(π_old ‖ π_new) on the statistics rows (the whole batch with statistics_fraction 1),
     # measured after the step: recompute independently
