@@ -341,10 +341,14 @@ class KroneckerFactors(CurvatureApproximation):
         """Whether ``count`` rows of ``side`` are kept for a rank-N update (else reduced to a moment)."""
         return count < self._dim(side)
 
+    def _side_sum(self, side: str) -> Tensor:
+        """The sum of one side's running statistic (finite iff every entry is)."""
+        factor = self._factor(side)
+        assert factor is not None
+        return factor.sum()
+
     def _statistics_finite(self) -> Tensor:
-        activation, gradient = self._factor("activation"), self._factor("gradient")
-        assert activation is not None and gradient is not None
-        return torch.isfinite(activation.sum() + gradient.sum())
+        return torch.isfinite(self._side_sum("activation") + self._side_sum("gradient"))
 
     @property
     def has_statistics(self) -> bool:
@@ -606,6 +610,10 @@ class LowRankKFAC(KroneckerFactors):
             and dim > self.rank + self.OVERSAMPLE
         )
 
+    def _sketch(self, side: str) -> tuple[Tensor, Tensor] | None:
+        """``(B, trace)`` of a sketched side that has statistics; None otherwise."""
+        return self._sketches[side] if self.sketched(side) else None
+
     def _has_side(self, side: str) -> bool:
         return self._sketches[side] is not None if self.sketched(side) else super()._has_side(side)
 
@@ -674,17 +682,9 @@ class LowRankKFAC(KroneckerFactors):
         rows = decomposition.eigenvalues.sqrt()[:, None] * decomposition.eigenvectors.T
         self._sketches[side] = (rows.to(self.dtype), torch.diagonal(value).sum().to(self.dtype))
 
-    def _statistics_finite(self) -> Tensor:
-        sums = []
-        for side in ("activation", "gradient"):
-            sketch = self._sketches[side] if self.sketched(side) else None
-            if sketch is not None:
-                sums.append(sketch[0].sum() + sketch[1])
-            else:
-                factor = self._factor(side)
-                assert factor is not None
-                sums.append(factor.sum())
-        return torch.isfinite(sums[0] + sums[1])
+    def _side_sum(self, side: str) -> Tensor:
+        sketch = self._sketch(side)
+        return super()._side_sum(side) if sketch is None else sketch[0].sum() + sketch[1]
 
     # ------------------------------------------------------------------ curvature
     @property
@@ -692,7 +692,7 @@ class LowRankKFAC(KroneckerFactors):
         return self.activation_lowrank is not None and self.gradient_lowrank is not None
 
     def _decompose_side(self, side: str, previous: LowRankEigen | None) -> LowRankEigen | None:
-        sketch = self._sketches[side] if self.sketched(side) else None
+        sketch = self._sketch(side)
         if sketch is not None:
             return kfac_math.sketch_low_rank_eigh(sketch[0], sketch[1], self._dim(side), self.rank)
         factor = self._factor(side)
@@ -741,14 +741,13 @@ class LowRankKFAC(KroneckerFactors):
         super().load_state_dict(state, device=device)
         for side in ("activation", "gradient"):
             saved_sketch = state.get(f"{side}_sketch")
-            if not self.sketched(side):
-                if saved_sketch is not None:  # saved sketched, loaded without sketching: materialise it
-                    rows, trace = (t.to(device=device, dtype=self.dtype) for t in saved_sketch)
-                    super()._set_factor(side, self._dense_from_sketch(rows, trace))
+            if saved_sketch is None:
                 continue
-            if saved_sketch is not None:
-                rows, trace = (t.to(device=device, dtype=self.dtype) for t in saved_sketch)
+            rows, trace = (t.to(device=device, dtype=self.dtype) for t in saved_sketch)
+            if self.sketched(side):
                 self._sketches[side] = (rows, trace)
+            else:  # saved sketched, loaded without sketching: materialise it
+                super()._set_factor(side, self._dense_from_sketch(rows, trace))
         for prefix in ("activation", "gradient"):
             saved = state.get(f"{prefix}_lowrank")
             value = None
