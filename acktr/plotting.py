@@ -37,7 +37,9 @@ def on_common_grid(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndar
 
 
 def load_curve(run_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
-    """(label, steps, returns) of a run: label ``"<algo> <env id>"``, arrays of shape (episodes,)."""
+    """(label, steps, returns) of a run: label ``"<algo> <env id>"``, followed by the run's ``-p`` overrides
+    when it had any (so seeds of one configuration share a label and other configurations get their own),
+    arrays of shape (episodes,)."""
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist; pass folders made by acktr train")
     monitor = run_dir / MONITOR_NAME
@@ -55,6 +57,9 @@ def load_curve(run_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
     if (run_dir / CONFIG_NAME).is_file():
         config = read_yaml(run_dir / CONFIG_NAME)
         label = f"{config.get('algo', '?')} {config.get('env_id', '?')}"
+        overrides = config.get("overrides") or []
+        if overrides:
+            label += f" [{', '.join(str(override) for override in overrides)}]"
     order = np.argsort(steps, kind="stable")
     return label, steps[order], returns[order]
 

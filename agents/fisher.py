@@ -10,6 +10,7 @@ loss for every distribution SB3's ``ActorCriticPolicy`` can produce, plus the cr
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch as th
@@ -145,6 +146,21 @@ def snapshot(
     if isinstance(inner, th.distributions.Bernoulli):
         return th.distributions.Bernoulli(logits=inner.logits.detach())
     raise TypeError(f"cannot snapshot {type(inner).__name__} for the KL measurement")
+
+
+def release_training_graph(policy: ActorCriticPolicy) -> None:
+    """Detach the torch distribution SB3 keeps on ``policy.action_dist`` after a training forward.
+
+    SB3 stores the last distribution on the policy; after an update whose last forward built the loss, it
+    holds the autograd graph of the whole batch (its activations stay alive until the next rollout) and
+    ``copy.deepcopy(policy)`` fails on its non-leaf tensors. The detached copy has the same values.
+    """
+    action_dist = getattr(policy, "action_dist", None)
+    inner = getattr(action_dist, "distribution", None)
+    if inner is None:
+        return
+    with contextlib.suppress(TypeError):  # a distribution snapshot does not know: left as SB3 leaves it
+        action_dist.distribution = snapshot(action_dist)  # type: ignore[union-attr,arg-type]
 
 
 def mean_kl(

@@ -186,6 +186,11 @@ class NoisyACKTR(ACKTR):
         # the current samples are redrawn at the next rollout; the scale and the curvature are saved
         return [*super()._excluded_save_params(), "_perturbations", "_white_noise", "_noisy_layers"]
 
+    def _update_factors_every(self, value: Any) -> Any:
+        """``"auto"`` is 1: the noise's curvature and its KL target were measured with statistics on every
+        update."""
+        return 1 if value == "auto" else value
+
     def _statistics_fraction(self, value: Any) -> Any:
         """Statistics on the whole rollout ("auto" is 1): each row is evaluated at its env's sample."""
         if value == "auto":

@@ -247,6 +247,7 @@ def test_logger_keys_and_measured_kl() -> None:
     # train/kl is KL(π_old ‖ π_new) on the statistics rows (the whole batch with statistics_fraction 1),
     # measured after the step: recompute independently
     model.kfac.statistics_fraction = 1.0
+    model.kfac.update_factors_every = 1  # the discrete-MLP default measures on every 4th update only
     old_policy = copy.deepcopy(model.policy)
     model.train()
     obs = model.rollout_buffer.to_torch(model.rollout_buffer.observations.reshape(-1, 4))

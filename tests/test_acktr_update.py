@@ -714,3 +714,46 @@ def test_split_trust_region_scales_the_policy_and_value_parts_separately(
 def test_trust_region_rejects_unknown_modes() -> None:
     with pytest.raises(ValueError, match="trust_region"):
         ACKTR("MlpPolicy", "CartPole-v1", trust_region="separate")
+
+
+# ------------------------------------------------------------------------ statistics schedule "auto"
+def test_update_factors_every_auto_amortises_small_discrete_mlps_only() -> None:
+    from acktr import NoisyACKTR
+    from acktr.agents.acktr import AUTO_FACTORS_EVERY
+
+    def factors_every(*args: Any, **kwargs: Any) -> int:
+        return ACKTR(*args, device="cpu", **kwargs).kfac.update_factors_every
+
+    assert AUTO_FACTORS_EVERY > 1
+    assert factors_every("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8), n_steps=20) == AUTO_FACTORS_EVERY
+    # LunarLander-sized rollouts (1,024 rows), continuous actions, a KL-adaptive step: every update
+    assert factors_every("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8), n_steps=128) == 1
+    assert factors_every("MlpPolicy", "Pendulum-v1", kl_guard=None) == 1
+    assert factors_every("MlpPolicy", "CartPole-v1", target_kl=0.01) == 1
+    assert factors_every("MlpPolicy", "CartPole-v1", kfac_kwargs={"update_factors_every": 3}) == 3
+    assert NoisyACKTR("MlpPolicy", "CartPole-v1", device="cpu").kfac.update_factors_every == 1
+    image_env = VecTransposeImage(DummyVecEnv([lambda: FakeImageEnv(screen_height=36, screen_width=36)]))
+    assert factors_every("CnnPolicy", image_env, n_steps=5) == 1
+
+
+def test_update_factors_every_auto_collects_on_every_fourth_update_and_follows_target_kl() -> None:
+    env = make_vec_env("CartPole-v1", n_envs=4, seed=0)
+    model = ACKTR("MlpPolicy", env, n_steps=5, cold_iter=1, seed=0, device="cpu")
+    block = model.kfac.blocks[0]
+    measured: list[bool] = []
+    for _ in range(8):
+        before = named_params(model.policy)
+        model.learn(20, reset_num_timesteps=False)
+        measured.append("train/kl" in model.logger.name_to_value)
+        moved = any(
+            not th.equal(before[name], p) for name, p in model.policy.named_parameters() if name in before
+        )
+        assert moved  # updates without statistics still take a (preconditioned) step
+    assert block.statistics_updates == 2
+    assert measured == [True, False, False, False, True, False, False, False]
+    # the policy keeps no autograd graph after an update (SB3's A2C does): it can be deep-copied
+    copy.deepcopy(model.policy)
+    # a KL-adaptive step reads the measured KL at every update: "auto" follows a live change
+    model.target_kl = 0.01
+    model.learn(20, reset_num_timesteps=False)
+    assert model.kfac.update_factors_every == 1 and block.statistics_updates == 3

@@ -144,6 +144,15 @@ def test_plot_writes_png(trained: tuple[Path, str], tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+def test_plot_labels_runs_by_algo_env_and_overrides(trained: tuple[Path, str]) -> None:
+    from acktr.plotting import load_curve
+
+    run_dir, _ = trained
+    label, steps, returns = load_curve(run_dir)
+    assert label == "acktr CartPole-v1 [kl_clip=0.002, policy_kwargs.net_arch=[32,32]]"
+    assert steps.shape == returns.shape and np.all(np.diff(steps) >= 0)
+
+
 def test_record_writes_mp4(trained: tuple[Path, str], tmp_path: Path) -> None:
     import imageio.v2 as imageio
 

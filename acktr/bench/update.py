@@ -41,6 +41,7 @@ ACKTR_DEFAULT: dict[str, Any] = {
     "statistics_fraction": "auto",
     "row_fraction": 0.25,
     "sketch_min_dim": 2048,
+    "update_factors_every": "auto",
 }
 # Named K-FAC configurations for --presets (the Pareto table of zoo/benchmarks/update.md); "acktr-default" is
 # ACKTR's DEFAULT_KFAC_OPTIONS, "lowrank-subsampled" the zoo's Atari/MinAtar setting.
@@ -51,7 +52,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lowrank-subsampled": {"curvature": "lowrank", "statistics_fraction": 0.125, "row_fraction": 0.25},
     "eva": {"curvature": "eva", "statistics_fraction": 1.0, "row_fraction": 1.0},
     "eva-subsampled": {"curvature": "eva", "statistics_fraction": 0.125, "row_fraction": 0.25},
-    # ACKTR's default with the statistics pass (and the KL measurement) on every 4th update only
+    # ACKTR's default with the statistics pass (and the KL measurement) on every update / every 4th update
+    "factors-every-1": {**ACKTR_DEFAULT, "update_factors_every": 1},
     "factors-every-4": {**ACKTR_DEFAULT, "update_factors_every": 4},
     # ACKTR's default with every factor dense (its default before wide factors were sketched)
     "lowrank-dense": {**ACKTR_DEFAULT, "sketch_min_dim": None},
@@ -60,6 +62,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def _fraction_or_auto(text: str) -> float | str:
     return text if text == "auto" else float(text)
+
+
+def _count_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,9 +115,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--factors-every",
         dest="update_factors_every",
-        type=int,
-        default=1,
-        help="K-FAC update_factors_every: the statistics pass (and ACKTR's KL measurement) every Nth update",
+        type=_count_or_auto,
+        default=ACKTR_DEFAULT["update_factors_every"],
+        help="K-FAC update_factors_every: the statistics pass (and ACKTR's KL measurement) every Nth update; "
+        "auto: ACKTR's (4 for the MLP's discrete actions, 1 for the CNN)",
     )
     parser.add_argument(
         "--presets",
