@@ -149,7 +149,9 @@ def test_plot_labels_runs_by_algo_env_and_overrides(trained: tuple[Path, str]) -
 
     run_dir, _ = trained
     label, steps, returns = load_curve(run_dir)
-    assert label == "acktr CartPole-v1 [kl_clip=0.002, policy_kwargs.net_arch=[32,32]]"
+    overrides = yaml.safe_load((run_dir / "config.yml").read_text())["overrides"]
+    assert "kl_clip=0.002" in overrides and "policy_kwargs.net_arch=[32,32]" in overrides
+    assert label == f"acktr CartPole-v1 [{', '.join(overrides)}]"
     assert steps.shape == returns.shape and np.all(np.diff(steps) >= 0)
 
 
