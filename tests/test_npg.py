@@ -183,6 +183,92 @@ def test_step_is_the_kfac_natural_gradient_at_the_predicted_kl() -> None:
     assert any(not th.equal(actor_before[name], actor_after[name]) for name in actor_before)
 
 
+def test_preconditioned_conjugate_gradient_solves_with_a_poor_preconditioner() -> None:
+    generator = th.Generator().manual_seed(3)
+    root = th.randn(12, 12, generator=generator, dtype=th.float64)
+    matrix = root @ root.T + 0.5 * th.eye(12, dtype=th.float64)
+    right = [th.randn(12, generator=generator, dtype=th.float64)]
+    diagonal = matrix.diagonal()  # Jacobi: a crude P⁻¹
+
+    def product(vector: list[th.Tensor]) -> list[th.Tensor]:
+        return [matrix @ vector[0]]
+
+    def jacobi(vector: list[th.Tensor]) -> list[th.Tensor]:
+        return [vector[0] / diagonal]
+
+    exact = th.linalg.solve(matrix, right[0])
+    start, no_residual = npg_module.preconditioned_conjugate_gradient(product, jacobi, right, 0)
+    assert th.equal(start[0], right[0] / diagonal) and math.isnan(no_residual)
+    few, residual_few = npg_module.preconditioned_conjugate_gradient(product, jacobi, right, 3)
+    solved, residual = npg_module.preconditioned_conjugate_gradient(product, jacobi, right, 12)
+    assert residual < 1e-8 < residual_few < 1.0
+    assert th.allclose(solved[0], exact, rtol=1e-7, atol=1e-9)
+    assert (few[0] - exact).norm() < (start[0] - exact).norm()
+
+
+def test_fisher_cg_steps_refine_the_kfac_direction_to_the_exact_natural_gradient() -> None:
+    """With as many CG steps as actor parameters, NPG's direction is ``(F + λI)⁻¹ g`` for the exact Fisher of
+    the categorical policy, ``F = mean_s Jₛᵀ (diag p − p pᵀ) Jₛ`` (Jₛ: Jacobian of the logits, computed
+    here by ``torch.func``), and the quadratic it reports is ``xᵀ(F + λI)x``; with 0 steps it is K-FAC's."""
+    model = NPG(
+        "MlpPolicy",
+        "CartPole-v1",
+        n_steps=64,
+        batch_size=64,
+        n_critic_updates=0,
+        fisher_cg_steps=40,
+        policy_kwargs={"net_arch": {"pi": [4], "vf": [4]}},
+        seed=0,
+        device="cpu",
+    )
+    model.set_logger(configure(None, []))
+    _collect(model)
+    model.train()  # K-FAC statistics and decompositions of this policy
+    assert 0.0 <= model.logger.name_to_value["train/cg_residual"] < 1e-2
+    data = next(model.rollout_buffer.get(batch_size=None))
+    observations = data.observations
+    actor = [p for name, p in model.policy.named_parameters() if name in model._actor_parameter_names]
+    names = [name for name, _ in model.policy.named_parameters() if name in model._actor_parameter_names]
+    assert names == [
+        "mlp_extractor.policy_net.0.weight",
+        "mlp_extractor.policy_net.0.bias",
+        "action_net.weight",
+        "action_net.bias",
+    ]
+    with th.no_grad():
+        old = snapshot(model.policy.get_distribution(observations))
+    generator = th.Generator().manual_seed(1)
+    gradient = [th.randn(p.shape, generator=generator) for p in actor]
+
+    def logits(flat: th.Tensor, observation: th.Tensor) -> th.Tensor:
+        w1, b1, w2, b2 = flat[:16].view(4, 4), flat[16:20], flat[20:28].view(2, 4), flat[28:30]
+        return w2 @ th.tanh(w1 @ observation + b1) + b2
+
+    flat = th.cat([p.detach().flatten() for p in actor]).double()
+    jacobians = th.vmap(th.func.jacrev(logits), in_dims=(None, 0))(flat, observations.double())  # (B, 2, 30)
+    probabilities = th.softmax(th.vmap(logits, in_dims=(None, 0))(flat, observations.double()), dim=-1)
+    output_fisher = th.diag_embed(probabilities) - probabilities[:, :, None] * probabilities[:, None, :]
+    fisher = th.einsum("bki,bkl,blj->ij", jacobians, output_fisher, jacobians) / len(observations)
+    damped = fisher + model.damping * th.eye(30, dtype=th.float64)
+    flat_gradient = th.cat([g.flatten() for g in gradient]).double()
+    exact = th.linalg.solve(damped, flat_gradient)
+
+    refined, quadratic, residual = model._refined_direction(observations, old, actor, gradient, 40)
+    flat_refined = th.cat([x.flatten() for x in refined]).double()
+    assert residual < 1e-3
+    assert (flat_refined - exact).norm() <= 2e-3 * exact.norm()
+    assert quadratic == pytest.approx(float(flat_refined @ damped @ flat_refined), rel=1e-3)
+    # 0 steps: K-FAC's own direction F̂⁻¹g, further from the exact solve than the refined one
+    kfac_only, _, _ = model._refined_direction(observations, old, actor, gradient, 0)
+    for param, value in zip(actor, gradient, strict=True):
+        param.grad = value.clone()
+    model.kfac.precondition(lr=1.0, advance=False)
+    for param, direction in zip(actor, kfac_only, strict=True):
+        assert th.allclose(direction, param.grad, rtol=1e-5, atol=1e-7)
+    flat_kfac = th.cat([x.flatten() for x in kfac_only]).double()
+    assert (flat_kfac - exact).norm() > 10 * (flat_refined - exact).norm()
+
+
 def test_calibrated_step_scale_puts_the_measured_kl_at_target_to_second_order() -> None:
     # a step whose measured KL is 4δ is halved (KL quadratic in the step length: 4δ/4 = δ)
     assert calibrated_step_scale(0.04, 0.01, smallest=0.01, largest=3.0) == pytest.approx(0.5)
