@@ -318,7 +318,9 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         Hessian of the measured KL, one double backward each, as TRPO), started from ``F̂⁻¹g``; the step
         size then uses the exact quadratic ``xᵀ(F + λI)x``. 0 (default): the K-FAC direction alone. Each
         iteration costs about one of TRPO's ``cg_max_steps``; logged: ``train/cg_residual`` (relative
-        residual of the solve).
+        residual of the solve). Measured on Hopper with the zoo's 256-256 policy, 10 iterations learned far
+        slower than K-FAC's own direction (the exact Fisher from one batch is rank-deficient for a policy
+        that large, and its damped solve blows up the null-space part of g; README, NPG).
     :param damping: Tikhonov damping λ of the actor's K-FAC factors (and of ``log_std``'s diagonal Fisher).
     :param factor_decay: running-average decay of the actor's factors across updates (0: this batch only).
     :param critic_optimizer: ``"kfac"`` or ``"adam"`` (see 2. above).
