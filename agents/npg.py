@@ -464,6 +464,9 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         for key in ("modules", "kl_clip", "lr", "uncovered_curvature", "step_rule"):
             if key in self.kfac_kwargs:
                 raise ValueError(f"NPG: kfac_kwargs[{key!r}] is set by NPG itself; leave it out")
+        for key in ("damping", "factor_decay"):
+            if key in self.kfac_kwargs:
+                raise ValueError(f"NPG: kfac_kwargs[{key!r}]: pass it as NPG's own keyword, NPG({key}=...)")
         if _init_setup_model:
             self._setup_model()
 
@@ -483,10 +486,12 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
             kl_clip=None,  # the step size comes from target_kl (natural_step_size)
             damping=self.damping,
             factor_decay=self.factor_decay,
-            cold_iter=0,
-            update_inverses_every=1,  # one step per rollout: always fresh decompositions
-            curvature="eigen",
-            **self.kfac_kwargs,
+            **{
+                "cold_iter": 0,
+                "update_inverses_every": 1,  # one step per rollout: always fresh decompositions
+                "curvature": "eigen",
+                **self.kfac_kwargs,
+            },
             step_rule="natural",
             uncovered_curvature="diagonal",
             warn_unsupported=False,

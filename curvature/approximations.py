@@ -509,6 +509,165 @@ class EigenKFAC(KroneckerFactors):
             setattr(self, f"{prefix}_eigen", eigen)
 
 
+class EigenbasisKFAC(EigenKFAC):
+    """EKFAC (George, Laurent, Bouthillier, Ballas & Vincent 2018): K-FAC's eigenbasis ``Q_A ⊗ Q_G`` with the
+    eigenvalues ``d_G d_Aᵀ`` replaced by the second moments of per-example gradients in that basis,
+    ``s = E_n[(Q_Gᵀ ∇W_n Q_A)²]`` — the best diagonal in the basis (Frobenius), which K-FAC's is only when a
+    layer's inputs and output gradients are independent: ``Δ = Q_G [(Q_Gᵀ ∇W Q_A) / (s + λ)] Q_Aᵀ``.
+
+    The basis is refreshed from the running factors as in :class:`EigenKFAC`; ``s`` is re-estimated in it
+    from the latest batch at each refresh and then averaged over the batches until the next one (plainly at
+    first, with ``factor_decay`` once more than ``1/(1 − decay)`` batches are in). Per-example gradients
+    ``g_n ā_nᵀ`` need one row per example on both sides: a Linear layer called once per forward. Blocks
+    without them (convolutions, whose per-example gradient sums over positions, and modules called several
+    times) keep K-FAC's ``d_G d_Aᵀ``.
+    """
+
+    name = "ekfac"
+    state_tensors: ClassVar[tuple[str, ...]] = (*EigenKFAC.state_tensors, "scaling")
+
+    def __init__(self, activation_dim: int, gradient_dim: int, *, has_bias: bool, dtype: torch.dtype) -> None:
+        self.scaling: Tensor | None = None  # s (d_out, d_in') in the current basis
+        self._scaling_batches = 0  # batches averaged into s since the last refresh
+        # the latest finite batch's per-example rows (ā_n with the 1, g_n scaled), for the next refresh
+        self._example_rows: tuple[Tensor, Tensor] | None = None
+        super().__init__(activation_dim, gradient_dim, has_bias=has_bias, dtype=dtype)
+
+    def reset_pending(self) -> None:
+        super().reset_pending()
+        self._pending_activation_rows: list[Tensor] = []
+        self._pending_gradient_rows: list[tuple[Tensor, int]] = []
+
+    def observe_activations(self, rows: Tensor) -> None:
+        super().observe_activations(rows)
+        rows = rows.to(self.dtype)
+        if self.has_bias:
+            rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+        self._pending_activation_rows.append(rows)
+
+    def observe_gradients(self, rows: Tensor, examples: int, weight: float, grad_scale: float) -> None:
+        super().observe_gradients(rows, examples, weight, grad_scale)
+        # scaled so that G = (1/N) Σ_n g_n g_nᵀ, as KroneckerFactors folds it in
+        scaled = rows.to(self.dtype) * (grad_scale * math.sqrt(weight))
+        self._pending_gradient_rows.append((scaled, examples))
+
+    def _batch_example_rows(self) -> tuple[Tensor, Tensor] | None:
+        """This batch's (ā_n, g_n) rows when there is one row per example on each side, else None."""
+        if len(self._pending_activation_rows) != 1 or len(self._pending_gradient_rows) != 1:
+            return None
+        activation_rows = self._pending_activation_rows[0]
+        gradient_rows, examples = self._pending_gradient_rows[0]
+        if activation_rows.shape[0] != examples or gradient_rows.shape[0] != examples:
+            return None
+        return activation_rows, gradient_rows
+
+    def update(self, *, decay: float, cold_iter: int) -> bool:
+        example_rows = self._batch_example_rows()
+        if not super().update(decay=decay, cold_iter=cold_iter):
+            return False
+        if example_rows is None:
+            return True
+        activation_rows, gradient_rows = example_rows
+        finite = torch.isfinite(activation_rows.sum() + gradient_rows.sum())
+        if self.scaling is not None and self.has_curvature:
+            assert self.activation_eigen is not None and self.gradient_eigen is not None
+            batch_scaling = kfac_math.eigenbasis_scaling(
+                activation_rows,
+                gradient_rows,
+                self.activation_eigen.eigenvectors,
+                self.gradient_eigen.eigenvectors,
+            )
+            self._scaling_batches += 1
+            weight = max(1.0 - decay, 1.0 / self._scaling_batches)
+            self.scaling.lerp_(torch.where(finite, batch_scaling, self.scaling), weight)
+        # kept for the next refresh (a non-finite batch leaves the previous rows)
+        if self._example_rows is None:
+            self._example_rows = (activation_rows, gradient_rows)
+        else:
+            previous_activation, previous_gradient = self._example_rows
+            self._example_rows = (
+                torch.where(finite, activation_rows, previous_activation)
+                if previous_activation.shape == activation_rows.shape
+                else activation_rows,
+                torch.where(finite, gradient_rows, previous_gradient)
+                if previous_gradient.shape == gradient_rows.shape
+                else gradient_rows,
+            )
+        return True
+
+    def _decompose(self, damping: float) -> bool:
+        if not super()._decompose(damping):
+            return False
+        assert self.activation_eigen is not None and self.gradient_eigen is not None
+        scaling: Tensor | None = None
+        if self._example_rows is not None:
+            activation_rows, gradient_rows = self._example_rows
+            scaling = kfac_math.eigenbasis_scaling(
+                activation_rows,
+                gradient_rows,
+                self.activation_eigen.eigenvectors,
+                self.gradient_eigen.eigenvectors,
+            )
+            if not bool(torch.isfinite(scaling.sum())):  # one host sync; refreshes are amortised
+                scaling = None
+        # without (finite) per-example rows, e.g. for a convolution: K-FAC's own eigenvalues
+        self._scaling_batches = 0 if scaling is None else 1
+        self.scaling = (
+            torch.outer(self.gradient_eigen.eigenvalues, self.activation_eigen.eigenvalues)
+            if scaling is None
+            else scaling
+        )
+        return True
+
+    def clear_curvature(self) -> None:
+        super().clear_curvature()
+        self.scaling = None
+
+    @property
+    def has_curvature(self) -> bool:
+        return super().has_curvature and self.scaling is not None
+
+    def _basis(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(Q_A, Q_G, s) of the current curvature."""
+        assert self.activation_eigen is not None and self.gradient_eigen is not None
+        assert self.scaling is not None
+        return self.activation_eigen.eigenvectors, self.gradient_eigen.eigenvectors, self.scaling
+
+    def precondition(self, grad_matrix: Tensor, damping: float) -> Tensor:
+        grad = grad_matrix.to(self.dtype)
+        if not self.has_curvature:
+            return grad
+        return kfac_math.eigenbasis_precondition(grad, *self._basis(), damping)
+
+    def _posterior_sample(self, noise: Tensor, damping: float) -> Tensor:
+        return kfac_math.eigenbasis_posterior_sample(noise, *self._basis(), damping)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["scaling_batches"] = self._scaling_batches
+        state["example_activation_rows"] = None if self._example_rows is None else self._example_rows[0]
+        state["example_gradient_rows"] = None if self._example_rows is None else self._example_rows[1]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], *, device: torch.device) -> None:
+        super().load_state_dict(state, device=device)
+        self._scaling_batches = int(state.get("scaling_batches", 0))
+        activation_rows = state.get("example_activation_rows")
+        gradient_rows = state.get("example_gradient_rows")
+        self._example_rows = (
+            None
+            if activation_rows is None or gradient_rows is None
+            else (
+                activation_rows.to(device=device, dtype=self.dtype),
+                gradient_rows.to(device=device, dtype=self.dtype),
+            )
+        )
+
+    def reset_statistics(self) -> None:
+        super().reset_statistics()
+        self._example_rows = None
+
+
 class CholeskyKFAC(KroneckerFactors):
     """K-FAC with factored damping: ``(G + (√λ/π) I)⁻¹ ∇W (A + π√λ I)⁻¹`` from Cholesky inverses."""
 
@@ -825,7 +984,7 @@ class KroneckerVectors(CurvatureApproximation):
 
 
 APPROXIMATIONS: dict[str, type[CurvatureApproximation]] = {
-    cls.name: cls for cls in (EigenKFAC, CholeskyKFAC, LowRankKFAC, KroneckerVectors)
+    cls.name: cls for cls in (EigenKFAC, EigenbasisKFAC, CholeskyKFAC, LowRankKFAC, KroneckerVectors)
 }
 
 
@@ -860,6 +1019,7 @@ __all__ = [
     "CholeskyKFAC",
     "CurvatureApproximation",
     "EigenKFAC",
+    "EigenbasisKFAC",
     "KroneckerFactors",
     "KroneckerVectors",
     "LowRankKFAC",

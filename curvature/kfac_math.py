@@ -178,6 +178,61 @@ def eigen_precondition(
     return q_g @ rotated @ q_a.T
 
 
+def eigenbasis_scaling(
+    activation_rows: Tensor, gradient_rows: Tensor, activation_vectors: Tensor, gradient_vectors: Tensor
+) -> Tensor:
+    """EKFAC's scaling (George et al. 2018): the second moment of per-example gradients in the Kronecker-
+    factored eigenbasis, ``s = E_n[(Q_Gᵀ g_n ā_nᵀ Q_A)²]`` (elementwise square), computed without forming the
+    per-example gradients: ``s = (1/N) ((G_rows Q_G)²)ᵀ (A_rows Q_A)²``.
+
+    It is the diagonal ``D`` minimising ``‖F − (Q_A ⊗ Q_G) D (Q_A ⊗ Q_G)ᵀ‖_F`` for the Fisher ``F`` of these
+    examples; K-FAC's ``d_G d_Aᵀ`` is that ``D`` only when ``ā`` and ``g`` are independent.
+
+    Args:
+        activation_rows: ``(N, d_in')`` one row ``ā_n`` per example (homogeneous 1 included for a bias).
+        gradient_rows: ``(N, d_out)`` the matching per-example output gradients ``g_n`` (scaled as the
+            per-example loss's).
+        activation_vectors: ``Q_A`` ``(d_in', d_in')``; gradient_vectors: ``Q_G`` ``(d_out, d_out)``.
+
+    Returns:
+        ``(d_out, d_in')``, non-negative.
+    """
+    if activation_rows.shape[0] != gradient_rows.shape[0]:
+        raise ValueError(
+            f"eigenbasis_scaling: {activation_rows.shape[0]} activation rows but {gradient_rows.shape[0]} "
+            "gradient rows; the rows must pair up one per example"
+        )
+    count = max(activation_rows.shape[0], 1)
+    rotated_activations = (activation_rows @ activation_vectors).square()  # (N, d_in')
+    rotated_gradients = (gradient_rows @ gradient_vectors).square()  # (N, d_out)
+    return rotated_gradients.T @ rotated_activations / count
+
+
+def eigenbasis_precondition(
+    grad_matrix: Tensor, activation_vectors: Tensor, gradient_vectors: Tensor, scaling: Tensor, damping: float
+) -> Tensor:
+    """``Δ = Q_G [ (Q_Gᵀ ∇W Q_A) / (s + λ) ] Q_Aᵀ``: the damped inverse of ``(Q_A ⊗ Q_G) diag(vec s) (Q_A ⊗
+    Q_G)ᵀ`` applied to ``∇W`` (EKFAC; with ``s = d_G d_Aᵀ`` it is :func:`eigen_precondition`).
+
+    Args:
+        grad_matrix: ``(..., d_out, d_in')``; vectors ``Q_A`` ``(d_in', d_in')``, ``Q_G`` ``(d_out, d_out)``;
+            scaling ``s`` ``(d_out, d_in')``.
+
+    Returns:
+        ``(..., d_out, d_in')``.
+    """
+    rotated = gradient_vectors.T @ grad_matrix @ activation_vectors
+    return gradient_vectors @ (rotated / (scaling + damping)) @ activation_vectors.T
+
+
+def eigenbasis_posterior_sample(
+    noise: Tensor, activation_vectors: Tensor, gradient_vectors: Tensor, scaling: Tensor, damping: float
+) -> Tensor:
+    """``ΔW`` with ``Cov(vec ΔW) = ((Q_A ⊗ Q_G) diag(vec s) (Q_A ⊗ Q_G)ᵀ + γI)⁻¹``:
+    ``Q_G [E ⊘ sqrt(s + γ)] Q_Aᵀ`` for white noise ``E`` ``(..., d_out, d_in')``."""
+    return gradient_vectors @ (noise * (scaling + damping).rsqrt()) @ activation_vectors.T
+
+
 def factored_damping_pi(activation_factor: Tensor, gradient_factor_: Tensor) -> Tensor:
     """``π = sqrt((tr A / dim A) / (tr G / dim G))`` (Martens & Grosse 2015, §6.3); 0-dim tensor."""
     tiny = torch.finfo(activation_factor.dtype).tiny

@@ -144,7 +144,9 @@ class KFAC:
         cold_iter: the cold start: plain (equal-weight) averaging of the first ``cold_iter`` statistics
             updates, then exponential averaging with ``factor_decay`` (baselines' ``cold_iter``).
         curvature: the approximation (:mod:`acktr.curvature.approximations`): ``"eigen"`` (K-FAC, exact
-            Tikhonov damping via eigendecompositions; the default), ``"cholesky"`` (factored π-damping with
+            Tikhonov damping via eigendecompositions; the default), ``"ekfac"`` (K-FAC's eigenbasis with
+            the per-example gradients' second moments in it instead of its eigenvalues, for Linear layers
+            called once per forward; EKFAC), ``"cholesky"`` (factored π-damping with
             Cholesky inverses, cheaper to refresh), ``"lowrank"`` (top-``rank`` eigenpairs of wide factors
             plus an isotropic rest: cheap refresh and apply for wide layers) or ``"eva"`` (Kronecker vectors,
             rank-one factors inverted by Sherman–Morrison: the cheapest).

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acktr.curvature import KFAC, EigenKFAC, KroneckerVectors, LowRankKFAC, kfac_math
+from acktr.curvature.approximations import EigenbasisKFAC
 from acktr.curvature.kfac_math import LowRankEigen
 
 pytestmark = pytest.mark.usefixtures("float64_default")  # dense float64 references
@@ -246,10 +247,128 @@ def test_a_module_called_twice_averages_a_and_sums_g() -> None:
     torch.testing.assert_close(block.gradient_factor, expected_g)
 
 
+# -------------------------------------------------------------------------------------------- EKFAC
+
+
+def _ekfac_net() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(21)
+    net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    return net, torch.randn(24, 4), torch.randint(0, 3, (24,))
+
+
+def _per_example_gradients(net: nn.Module, layer: nn.Linear, x: torch.Tensor, labels: torch.Tensor):
+    """``∇W_n`` ``(N, d_out, d_in + 1)`` of each example's own cross-entropy, one backward per example."""
+    gradients = []
+    for index in range(len(x)):
+        net.zero_grad()
+        F.cross_entropy(net(x[index : index + 1]), labels[index : index + 1]).backward()
+        gradients.append(weight_bias_grad(layer))
+    return torch.stack(gradients)
+
+
+def _ekfac_statistics(net: nn.Module, kfac: KFAC, x: torch.Tensor, labels: torch.Tensor) -> None:
+    with kfac.collect_statistics():
+        F.cross_entropy(net(x), labels).backward()  # a fixed-target Fisher: the rows are what matters
+
+
+def test_ekfac_scaling_is_the_per_example_second_moment_in_the_kfac_eigenbasis() -> None:
+    """After a refresh, s = mean_n (Q_Gᵀ ∇W_n Q_A)² of the latest batch in the basis of K-FAC's factors;
+    before the next refresh each batch is averaged in (plainly at first) in that same basis; and the step
+    is the damped inverse of (Q_A ⊗ Q_G) diag(s) (Q_A ⊗ Q_G)ᵀ."""
+    net, x, labels = _ekfac_net()
+    kfac = KFAC(net, curvature="ekfac", kl_clip=None, update_inverses_every=10, factor_decay=0.9)
+    _ekfac_statistics(net, kfac, x, labels)
+    net.zero_grad()
+    F.cross_entropy(net(x), labels).backward()
+    kfac.precondition()  # the refresh
+    for block, layer in zip(kfac.blocks, (net[0], net[2]), strict=True):
+        approximation = block.approximation
+        assert isinstance(approximation, EigenbasisKFAC)
+        per_example = _per_example_gradients(net, layer, x, labels)
+        # the basis: eigenvectors of the dense A = E[ā āᵀ], G = E[g gᵀ] of the same per-example gradients
+        q_a = approximation.activation_eigen.eigenvectors
+        q_g = approximation.gradient_eigen.eigenvectors
+        rotated = q_g.T @ per_example @ q_a
+        torch.testing.assert_close(approximation.scaling, rotated.square().mean(0), rtol=1e-10, atol=1e-12)
+    # a second batch (no refresh): averaged with the first in the same basis
+    x2, labels2 = torch.randn(24, 4), torch.randint(0, 3, (24,))
+    _ekfac_statistics(net, kfac, x2, labels2)
+    grad = torch.randn(3, 6)
+    for block, layer in zip(kfac.blocks[1:], (net[2],), strict=True):
+        approximation = block.approximation
+        q_a = approximation.activation_eigen.eigenvectors
+        q_g = approximation.gradient_eigen.eigenvectors
+        both = torch.cat(
+            [_per_example_gradients(net, layer, x, labels), _per_example_gradients(net, layer, x2, labels2)]
+        )
+        torch.testing.assert_close(
+            approximation.scaling, (q_g.T @ both @ q_a).square().mean(0), rtol=1e-10, atol=1e-12
+        )
+        basis = torch.kron(q_a, q_g)  # acts on column-major vec
+        fisher = basis @ torch.diag(col_vec(approximation.scaling)) @ basis.T
+        expected = torch.linalg.solve(fisher + 0.03 * torch.eye(18), col_vec(grad)).reshape(6, 3).T
+        torch.testing.assert_close(approximation.precondition(grad, 0.03), expected, rtol=1e-9, atol=1e-11)
+
+
+def test_ekfac_is_closer_to_the_fisher_than_kfac_in_the_same_basis() -> None:
+    """The scaling is the best diagonal in K-FAC's eigenbasis (Frobenius), so EKFAC's Fisher block is at
+    least as close to the exact one as K-FAC's ``d_G d_Aᵀ`` — strictly, for a tanh net whose inputs and
+    output gradients are dependent."""
+    net, x, labels = _ekfac_net()
+    kfac = KFAC(net, curvature="ekfac", kl_clip=None)
+    _ekfac_statistics(net, kfac, x, labels)
+    kfac.precondition()
+    block, layer = kfac.blocks[1], net[2]
+    approximation = block.approximation
+    per_example = _per_example_gradients(net, layer, x, labels)
+    vectors = torch.stack([col_vec(gradient) for gradient in per_example])
+    fisher = vectors.T @ vectors / len(vectors)
+    basis = torch.kron(approximation.activation_eigen.eigenvectors, approximation.gradient_eigen.eigenvectors)
+    kfac_scaling = torch.outer(
+        approximation.gradient_eigen.eigenvalues, approximation.activation_eigen.eigenvalues
+    )
+    ekfac_error = torch.linalg.norm(fisher - basis @ torch.diag(col_vec(approximation.scaling)) @ basis.T)
+    kfac_error = torch.linalg.norm(fisher - basis @ torch.diag(col_vec(kfac_scaling)) @ basis.T)
+    assert ekfac_error < 0.9 * kfac_error
+
+
+def test_ekfac_posterior_sample_has_the_inverse_damped_ekfac_covariance() -> None:
+    """Mapping every unit noise matrix e_ij and summing the outer products of the samples gives the
+    covariance exactly: ((Q_A ⊗ Q_G) diag(s) (Q_A ⊗ Q_G)ᵀ + γI)⁻¹."""
+    net, x, labels = _ekfac_net()
+    kfac = KFAC(net, curvature="ekfac", kl_clip=None)
+    _ekfac_statistics(net, kfac, x, labels)
+    kfac.precondition()
+    approximation = kfac.blocks[1].approximation
+    units = torch.eye(18).reshape(18, 6, 3).transpose(1, 2)  # col_vec(units[k]) = e_k
+    samples = torch.stack([col_vec(sample) for sample in approximation.posterior_sample(units, 0.05)])
+    basis = torch.kron(approximation.activation_eigen.eigenvectors, approximation.gradient_eigen.eigenvectors)
+    fisher = basis @ torch.diag(col_vec(approximation.scaling)) @ basis.T
+    torch.testing.assert_close(
+        samples.T @ samples, torch.linalg.inv(fisher + 0.05 * torch.eye(18)), rtol=1e-9, atol=1e-11
+    )
+
+
+def test_ekfac_keeps_kfac_eigenvalues_where_there_are_no_per_example_rows() -> None:
+    """A convolution's per-example gradient sums over positions: its block is K-FAC (s = d_G d_Aᵀ)."""
+    torch.manual_seed(22)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    kfac = KFAC(net, curvature="ekfac", kl_clip=None)
+    x, labels = torch.randn(10, 1, 6, 6), torch.randint(0, 3, (10,))
+    _ekfac_statistics(net, kfac, x, labels)
+    kfac.precondition()
+    conv, linear = (block.approximation for block in kfac.blocks)
+    expected = torch.outer(conv.gradient_eigen.eigenvalues, conv.activation_eigen.eigenvalues)
+    torch.testing.assert_close(conv.scaling, expected)
+    assert not torch.allclose(
+        linear.scaling, torch.outer(linear.gradient_eigen.eigenvalues, linear.activation_eigen.eigenvalues)
+    )
+
+
 # --------------------------------------------------------------------------------------------- state
 
 
-@pytest.mark.parametrize("curvature", ["eigen", "cholesky", "lowrank", "eva"])
+@pytest.mark.parametrize("curvature", ["eigen", "ekfac", "cholesky", "lowrank", "eva"])
 def test_every_approximation_round_trips_its_state_and_continues_bit_for_bit(curvature: str) -> None:
     torch.manual_seed(9)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))

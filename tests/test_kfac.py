@@ -449,7 +449,7 @@ def test_no_top_level_agents_envs_or_curvature_module(tmp_path) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("curvature", ["eigen", "cholesky", "lowrank", "eva"])
+@pytest.mark.parametrize("curvature", ["eigen", "ekfac", "cholesky", "lowrank", "eva"])
 def test_cuda_matches_cpu(curvature: str) -> None:
     """Factors, decompositions and the preconditioned gradient live on the model's device, for every
     approximation (``"lowrank"`` decomposes these narrow factors exactly)."""

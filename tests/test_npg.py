@@ -463,9 +463,26 @@ def test_bad_settings_are_refused_with_the_fix() -> None:
         ({"target_kl": 0.0}, "target_kl must be a positive number"),
         ({"kfac_kwargs": {"kl_clip": 0.1}}, "set by NPG itself"),
         ({"sub_sampling_factor": 0}, "sub_sampling_factor must be an int >= 1"),
+        ({"kfac_kwargs": {"damping": 0.1}}, r"pass it as NPG's own keyword, NPG\(damping=...\)"),
+        ({"fisher_cg_steps": -1}, "fisher_cg_steps must be an int >= 0"),
     ):
         with pytest.raises(ValueError, match=match):
             NPG("MlpPolicy", "CartPole-v1", device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize("curvature", ["ekfac", "lowrank", "cholesky"])
+def test_kfac_kwargs_choose_the_actor_curvature_and_its_schedule(curvature: str) -> None:
+    model = NPG(
+        "MlpPolicy",
+        "CartPole-v1",
+        n_steps=64,
+        batch_size=64,
+        kfac_kwargs={"curvature": curvature, "update_inverses_every": 3},
+        device="cpu",
+    )
+    assert model.kfac.curvature == curvature and model.kfac.update_inverses_every == 3
+    model.learn(128)
+    assert model.kfac.blocks[0].has_curvature
 
 
 # ------------------------------------------------------------------------------------------- save/load

@@ -204,7 +204,7 @@ def test_gradient_inside_perturbed_weights_is_the_gradient_at_the_perturbed_weig
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)], ids=["cpu", "cuda"])
-@pytest.mark.parametrize("kind", ["eigen", "lowrank", "cholesky", "eva"])
+@pytest.mark.parametrize("kind", ["eigen", "ekfac", "lowrank", "cholesky", "eva"])
 def test_posterior_sample_on_a_device_matches_float64_cpu(kind: str, device: str):
     """The same white noise gives the same sample on the device (float32) as on the CPU in float64."""
     shape = (18, 19) if kind == "lowrank" else (5, 3)

@@ -31,7 +31,7 @@ from acktr.curvature.approximations import APPROXIMATIONS
 from acktr.errors import NonFiniteEnvError, UserError
 from acktr.guards import VecCheckFinite
 
-CURVATURES = tuple(APPROXIMATIONS)  # eigen, cholesky, lowrank, eva
+CURVATURES = tuple(APPROXIMATIONS)  # eigen, ekfac, cholesky, lowrank, eva
 REAL_QR = torch.linalg.qr  # the fault injector patches torch.linalg; its own helpers use the real one
 
 

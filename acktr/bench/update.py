@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from acktr.curvature.approximations import APPROXIMATIONS
+
 POLICIES: dict[str, tuple[tuple[int, ...], np.dtype, int, str]] = {
     # name -> (observation shape, dtype, number of actions, SB3 policy alias)
     "cnn": ((4, 84, 84), np.dtype(np.uint8), 4, "CnnPolicy"),
@@ -87,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inverse-every", type=int, default=10, help="ACKTR update_inverses_every")
     parser.add_argument(
         "--curvature",
-        choices=("eigen", "cholesky", "lowrank", "eva"),
+        choices=tuple(APPROXIMATIONS),
         default=ACKTR_DEFAULT["curvature"],
         help="K-FAC approximation (KFAC curvature=...; default: ACKTR's)",
     )
