@@ -212,7 +212,7 @@ CURVATURE_SETTINGS: tuple[str, ...] = (
 # its added memory 1.72× → 1.25×, no loss of sample efficiency measured on MinAtar with the threshold
 # lowered to sketch its 1025-wide factor. update_factors_every "auto" is AUTO_FACTORS_EVERY for MLP policies
 # with Discrete actions and rollouts of at most AUTO_FACTORS_EVERY_ROWS rows (the statistics pass, the refresh
-# and the KL measurement on every 4th update: MLP update 2.7× → 1.8× A2C's at 8×5; steps to threshold
+# and the KL measurement on every 4th update: MLP update 2.45× → 1.90× A2C's at 8×5; steps to threshold
 # CartPole 80.9k → 72.5k, Acrobot 20.1k → 25.7k, within noise) and 1 otherwise: on LunarLander's 1,024-row
 # rollouts it lost (4/5 seeds at a median 560k → 3/5 at 908k), Box actions rely on the KL guard, which
 # measures on statistics updates only, and convolutional policies already take their statistics on a subset.
