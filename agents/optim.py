@@ -231,15 +231,23 @@ class KFACOptimizer(th.optim.Optimizer):
                     group_step = group["lr"] if self.cold_lr is None else self.cold_lr
                 else:
                     group_step = group["lr"] * (1.0 - momentum)
-                for param in group["params"]:
-                    if param.grad is None:
-                        continue
+                params = [param for param in group["params"] if param.grad is not None]
+                if not params:
+                    continue
+                # multi-tensor (foreach) ops: a few kernel launches per group instead of a few per parameter
+                buffers, running, running_grads = [], [], []
+                for param in params:
                     state = self.state[param]
                     if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = param.grad.detach().clone()
+                        state["momentum_buffer"] = param.grad.detach().clone()  # type: ignore[union-attr]
                     else:
-                        state["momentum_buffer"].mul_(momentum).add_(param.grad)
-                    param.add_(state["momentum_buffer"], alpha=-group_step)
+                        running.append(state["momentum_buffer"])
+                        running_grads.append(param.grad)
+                    buffers.append(state["momentum_buffer"])
+                if running:
+                    th._foreach_mul_(running, momentum)
+                    th._foreach_add_(running, running_grads)
+                th._foreach_add_(params, buffers, alpha=-group_step)
         self.steps_taken += 1
         return loss
 
