@@ -40,8 +40,8 @@ class Task(NamedTuple):
 
 
 TASKS: dict[str, Task] = {
-    # -1 a step, 200-step limit: a return above -200 means the car reached the flag. 1M steps: at 300k no method
-    # solved more than 1 seed in 5 (zoo/benchmarks/exploration.md)
+    # -1 a step, 200-step limit: a return above -200 means the car reached the flag. 1M steps: at 300k no
+    # method solved more than 1 seed in 5 (zoo/benchmarks/exploration.md)
     "MountainCar-v0": Task(-110.0, -200.0, 1_000_000),
     # +100 at the flag minus the action cost: a positive return means the car reached it
     "MountainCarContinuous-v0": Task(90.0, 0.0, 100_000),
