@@ -192,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plot the moving-average episode return of runs against env steps (from monitor.csv).",
     )
     plot_parser.add_argument(
-        "runs", nargs="+", metavar="RUN_DIR", help="run folders; runs of the same algo, env and -p overrides form one shaded mean curve"
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders; runs of the same algo, env and -p overrides form one shaded mean curve",
     )
     plot_parser.add_argument("--out", default="curve.png", help="image file (default: curve.png)")
     plot_parser.add_argument(
