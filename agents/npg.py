@@ -558,9 +558,11 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         self.policy.zero_grad(set_to_none=True)
         (-objective).backward()
         cg_steps = getattr(self, "fisher_cg_steps", 0)
-        gradient = [
-            p.grad.detach().clone() if p.grad is not None else th.zeros_like(p) for p in actor_parameters
-        ]
+        gradient = (  # g itself, kept only for the CG refinement (precondition overwrites .grad)
+            [p.grad.detach().clone() if p.grad is not None else th.zeros_like(p) for p in actor_parameters]
+            if cg_steps > 0
+            else []
+        )
         info = kfac.precondition(lr=1.0)  # .grad ← F̂⁻¹ g of the loss −objective (refreshes the curvature)
         natural_grad_dot = float(info.natural_grad_dot)
         directions: list[th.Tensor | None] = [

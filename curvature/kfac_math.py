@@ -172,10 +172,10 @@ def eigen_precondition(
     Returns:
         ``(d_out, d_in')``.
     """
-    q_a, q_g = activation.eigenvectors, gradient.eigenvectors
-    rotated = q_g.T @ grad_matrix @ q_a
-    rotated = rotated / (torch.outer(gradient.eigenvalues, activation.eigenvalues) + damping)
-    return q_g @ rotated @ q_a.T
+    scaling = torch.outer(gradient.eigenvalues, activation.eigenvalues)
+    return eigenbasis_precondition(
+        grad_matrix, activation.eigenvectors, gradient.eigenvectors, scaling, damping
+    )
 
 
 def eigenbasis_scaling(
@@ -523,8 +523,10 @@ def eigen_posterior_sample(
     Returns:
         ``(..., d_out, d_in')``.
     """
-    scale = torch.outer(gradient.eigenvalues, activation.eigenvalues).add(damping).rsqrt()
-    return gradient.eigenvectors @ (noise * scale) @ activation.eigenvectors.T
+    scaling = torch.outer(gradient.eigenvalues, activation.eigenvalues)
+    return eigenbasis_posterior_sample(
+        noise, activation.eigenvectors, gradient.eigenvectors, scaling, damping
+    )
 
 
 def _low_rank_damped_power(
