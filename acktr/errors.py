@@ -11,4 +11,9 @@ class NonFiniteEnvError(UserError, ValueError):
     """An environment returned a NaN/inf observation or reward, or was sent a NaN/inf action (one line)."""
 
 
-__all__ = ["NonFiniteEnvError", "UserError"]
+class RolloutSizeError(UserError, ValueError, AssertionError):
+    """The rollout is too small for what was asked of it (one line). Also an ``AssertionError``: SB3's PPO and
+    sb3-contrib's TRPO assert the same condition, so code written against them catches it unchanged."""
+
+
+__all__ = ["NonFiniteEnvError", "RolloutSizeError", "UserError"]

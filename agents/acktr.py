@@ -39,6 +39,7 @@ from acktr.agents.fisher import (
 from acktr.agents.optim import KFACOptimizer
 from acktr.agents.rollouts import TensorRolloutMixin, explained_variance_of
 from acktr.curvature.preconditioner import STEP_RULES, PreconditionInfo
+from acktr.errors import RolloutSizeError
 
 SelfACKTR = TypeVar("SelfACKTR", bound="ACKTR")
 
@@ -467,6 +468,13 @@ class ACKTR(TensorRolloutMixin, OnPolicyAlgorithm):
                 stacklevel=2,
             )
         self.normalize_advantage = normalize_advantage
+        if normalize_advantage and self.env is not None and self.env.num_envs * self.n_steps <= 1:
+            # the standard deviation of one advantage is NaN, which would end in a non-finite step
+            raise RolloutSizeError(
+                f"{type(self).__name__}: n_steps * n_envs must be > 1 to normalise advantages "
+                f"(n_steps={self.n_steps}, n_envs={self.env.num_envs}); raise n_steps or pass "
+                "normalize_advantage=False"
+            )
         self.rms_prop_eps = rms_prop_eps
         self.use_rms_prop = use_rms_prop
         self.target_kl = target_kl

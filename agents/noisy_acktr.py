@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import GymEnv, RolloutBufferSamples
+from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.vec_env import VecEnv
 
 from acktr.agents.acktr import ACKTR, critic_only_parameter_names
@@ -79,23 +79,54 @@ def adapt_noise_scale(
     return min(max(scale * factor, low), high)
 
 
-class EnvMajorRolloutBuffer(RolloutBuffer):
-    """A :class:`RolloutBuffer` whose ``get()`` yields the whole rollout once, unshuffled and env-major (rows
+class _EnvMajorBatch:
+    """``get()`` yields the whole rollout once, unshuffled and env-major (rows
     ``e·n_steps … (e+1)·n_steps − 1`` are environment ``e``), so each row can be evaluated at its own
     environment's weight sample. One full batch is all ACKTR's update takes."""
 
-    def get(self, batch_size: int | None = None) -> Generator[RolloutBufferSamples, None, None]:
+    buffer_size: int
+    n_envs: int
+    full: bool
+    generator_ready: bool
+
+    def _flatten_env_major(self) -> None:
+        raise NotImplementedError
+
+    def get(self, batch_size: int | None = None) -> Generator[Any, None, None]:
         total = self.buffer_size * self.n_envs
         if batch_size not in (None, total):
             raise ValueError(
-                f"EnvMajorRolloutBuffer yields the whole rollout as one batch, got batch_size={batch_size}"
+                f"{type(self).__name__} yields the whole rollout as one batch, got batch_size={batch_size}"
             )
         assert self.full, "the rollout buffer is not full"
         if not self.generator_ready:
-            for name in ("observations", "actions", "values", "log_probs", "advantages", "returns"):
-                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+            self._flatten_env_major()
             self.generator_ready = True
-        yield self._get_samples(np.arange(total))
+        yield self._get_samples(np.arange(total))  # type: ignore[attr-defined]
+
+
+_ROLLOUT_ARRAYS = ("actions", "values", "log_probs", "advantages", "returns")
+
+
+class EnvMajorRolloutBuffer(_EnvMajorBatch, RolloutBuffer):
+    """A :class:`RolloutBuffer` read as one env-major batch (see :class:`_EnvMajorBatch`)."""
+
+    def _flatten_env_major(self) -> None:
+        for name in ("observations", *_ROLLOUT_ARRAYS):
+            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+
+
+class EnvMajorDictRolloutBuffer(_EnvMajorBatch, DictRolloutBuffer):
+    """A :class:`DictRolloutBuffer` (Dict observations) read as one env-major batch."""
+
+    def _flatten_env_major(self) -> None:
+        for key, observations in self.observations.items():
+            self.observations[key] = self.swap_and_flatten(observations)
+        for name in _ROLLOUT_ARRAYS:
+            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+
+
+ENV_MAJOR_BUFFERS = (EnvMajorRolloutBuffer, EnvMajorDictRolloutBuffer)
 
 
 class NoisyACKTR(ACKTR):
@@ -117,9 +148,11 @@ class NoisyACKTR(ACKTR):
         ``λ/(N η_prior)``). Default 0: an RL policy is not fitted to a fixed data set, and the KL-targeted
         noise, not the prior, sets the exploration.
 
-    Restrictions: ``use_sde`` (gSDE is another kind of exploration noise) and Dict observations are refused;
-    K-FAC statistics are taken on the whole rollout (``kfac_kwargs["statistics_fraction"]`` must be 1 or
-    ``"auto"``), since every row is evaluated at its environment's sample.
+    Restrictions: ``use_sde`` (gSDE is another kind of exploration noise) is refused. Since every row is
+    evaluated at its environment's sample, K-FAC statistics are taken on the whole rollout
+    (``kfac_kwargs["statistics_fraction"]`` must be 1 or ``"auto"``) and the training pass runs over the whole
+    rollout at once (``micro_batch_size`` must be None, ``"auto"`` or at least ``n_steps * n_envs``).
+    Dict observations use an env-major :class:`DictRolloutBuffer`.
     """
 
     def __init__(
@@ -151,12 +184,12 @@ class NoisyACKTR(ACKTR):
             raise ValueError(
                 "NoisyACKTR explores with weight noise; use_sde=True adds gSDE action noise (use ACKTR)"
             )
-        if kwargs.get("rollout_buffer_class") not in (None, EnvMajorRolloutBuffer):
+        if kwargs.get("rollout_buffer_class") not in (None, *ENV_MAJOR_BUFFERS):
             raise ValueError(
-                "NoisyACKTR needs its EnvMajorRolloutBuffer (rows grouped by environment); leave "
+                "NoisyACKTR needs its env-major rollout buffer (rows grouped by environment); leave "
                 "rollout_buffer_class unset"
             )
-        kwargs["rollout_buffer_class"] = EnvMajorRolloutBuffer
+        kwargs.pop("rollout_buffer_class", None)  # chosen by the observation space in _setup_model
         setup = kwargs.pop("_init_setup_model", True)
         super().__init__(policy, env, _init_setup_model=False, **kwargs)
         self.noise_target_kl = noise_target_kl if callable(noise_target_kl) else float(noise_target_kl)
@@ -164,12 +197,15 @@ class NoisyACKTR(ACKTR):
         self.noise_resample = noise_resample
         self.prior_precision = float(prior_precision)
         self.kl_perturbation = float("nan")
+        if self.env is not None:
+            # refuse a chunk size that would split the env groups now, not at the first update
+            self._micro_batch_rows(None, self.n_steps * self.env.num_envs)
         if setup:
             self._setup_model()
 
     def _setup_model(self) -> None:
-        if isinstance(self.observation_space, spaces.Dict):
-            raise ValueError("NoisyACKTR does not support Dict observations yet; use ACKTR")
+        dict_observations = isinstance(self.observation_space, spaces.Dict)
+        self.rollout_buffer_class = EnvMajorDictRolloutBuffer if dict_observations else EnvMajorRolloutBuffer
         super()._setup_model()
         # the layers the action distribution depends on: critic-only layers keep their mean weights
         critic_only = set(critic_only_parameter_names(self.policy))
@@ -201,6 +237,17 @@ class NoisyACKTR(ACKTR):
                 f"kfac_kwargs['statistics_fraction'] must be 1 or 'auto', got {value!r}"
             )
         return value
+
+    def _micro_batch_rows(self, observations: Any, rows: int) -> int:
+        """The whole rollout in one training pass: the samples are hooked onto K groups of the full env-major
+        batch, so a chunk of it would be split into the wrong groups."""
+        setting = self.micro_batch_size
+        if setting not in (None, "auto") and int(setting) < rows:
+            raise ValueError(
+                "NoisyACKTR evaluates each env's rows at that env's weight sample over the whole rollout: "
+                f"micro_batch_size must be None, 'auto' or >= n_steps * n_envs = {rows}, got {setting!r}"
+            )
+        return rows
 
     # ----------------------------------------------------------------- sampling
     def sample_perturbations(self, n_envs: int) -> dict[str, th.Tensor]:
@@ -296,6 +343,7 @@ class NoisyACKTR(ACKTR):
             super().train()
             return
         observations = next(iter(self.rollout_buffer.get())).observations
+        self._micro_batch_rows(observations, self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs)
         self.kl_perturbation = self.measure_perturbation_kl(observations)
         self.logger.record("explore/noise_scale", self.noise_scale)
         self.logger.record("explore/kl_perturbation", self.kl_perturbation)

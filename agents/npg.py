@@ -33,6 +33,7 @@ from acktr.agents.acktr import critic_only_parameter_names
 from acktr.agents.fisher import mean_kl, sampled_log_prob, snapshot
 from acktr.agents.rollouts import TensorRolloutMixin, explained_variance_of
 from acktr.curvature import KFAC
+from acktr.errors import RolloutSizeError
 
 SelfNPG = TypeVar("SelfNPG", bound="NPG")
 
@@ -408,7 +409,7 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         if self.env is not None:
             buffer_size = self.env.num_envs * self.n_steps
             if normalize_advantage and buffer_size <= 1:
-                raise ValueError(
+                raise RolloutSizeError(
                     f"NPG: n_steps * n_envs must be > 1 to normalise advantages (n_steps={self.n_steps}, "
                     f"n_envs={self.env.num_envs}); raise n_steps or pass normalize_advantage=False"
                 )

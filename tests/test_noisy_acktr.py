@@ -8,7 +8,9 @@ Per-env references are computed with ``torch.func.functional_call`` at explicitl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -62,7 +64,11 @@ class RolloutSnapshots(BaseCallback):
             {
                 "mean": {name: p.detach().clone() for name, p in model.policy.named_parameters()},
                 "perturbations": {k: v.clone() for k, v in model._perturbations.items()},
-                "observations": th.as_tensor(buffer.observations.copy()),  # (n_steps, n_envs, obs)
+                "observations": (  # (n_steps, n_envs, obs), or a dict of them
+                    {key: th.as_tensor(value.copy()) for key, value in buffer.observations.items()}
+                    if isinstance(buffer.observations, dict)
+                    else th.as_tensor(buffer.observations.copy())
+                ),
                 "actions": th.as_tensor(buffer.actions.copy()),
                 "log_probs": th.as_tensor(buffer.log_probs.copy()),  # (n_steps, n_envs)
             }
@@ -242,34 +248,94 @@ def test_predict_uses_the_mean_weights(trained):
     np.testing.assert_array_equal(actions, logits.argmax(-1).numpy())
 
 
-def test_update_gradient_is_taken_at_the_sampled_weights():
-    """One cold update (plain gradient step) of NoisyACKTR equals the step computed with functional_call at
-    each env's explicit weights M + ΔW_e, averaged over the rows."""
+class SplitObservation(gym.ObservationWrapper):
+    """CartPole with a Dict observation: {"position": (2,), "velocity": (2,)}."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        low, high = env.observation_space.low, env.observation_space.high
+        self.observation_space = gym.spaces.Dict(
+            {
+                "position": gym.spaces.Box(low[[0, 2]], high[[0, 2]], dtype=np.float32),
+                "velocity": gym.spaces.Box(low[[1, 3]], high[[1, 3]], dtype=np.float32),
+            }
+        )
+
+    def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        return {"position": observation[[0, 2]], "velocity": observation[[1, 3]]}
+
+
+def _cartpole_as(kind: str) -> Callable[[], gym.Env]:
+    def make() -> gym.Env:
+        env = gym.make("CartPole-v1")
+        if kind == "image-shaped":  # 4-d observation batches: micro_batch_size="auto" would chunk them
+            return gym.wrappers.ReshapeObservation(env, (1, 2, 2))
+        return SplitObservation(env) if kind == "dict" else env
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("kind", "n_steps", "updates"),
+    [("vector", 4, 1), ("image-shaped", 100, 2), ("dict", 4, 1)],
+)
+def test_update_gradient_is_taken_at_the_sampled_weights(kind: str, n_steps: int, updates: int):
+    """A cold update (plain gradient step) of NoisyACKTR equals the step computed with functional_call at
+    each env's explicit weights M + ΔW_e, averaged over the rows. The image-shaped case checks an update
+    without statistics (update_factors_every=2), where ACKTR trains 4-d observation batches of 200 rows in
+    160-row chunks, which must not split the env groups; Dict observations use an env-major
+    DictRolloutBuffer."""
     th.manual_seed(1)
-    env = make_vec_env("CartPole-v1", n_envs=2, seed=1)
-    model = NoisyACKTR("MlpPolicy", env, n_steps=4, seed=1, cold_iter=5, noise_scale=0.01, max_grad_norm=1e9)
+    env = make_vec_env(_cartpole_as(kind), n_envs=2, seed=1)
+    policy = "MultiInputPolicy" if kind == "dict" else "MlpPolicy"
+    model = NoisyACKTR(
+        policy,
+        env,
+        n_steps=n_steps,
+        seed=1,
+        cold_iter=5,
+        noise_scale=0.01,
+        max_grad_norm=1e9,
+        kfac_kwargs=dict(update_factors_every=updates),
+    )
     callback = RolloutSnapshots()
-    model.learn(2 * 4, callback=callback)  # one rollout, one cold (plain-gradient) update
-    snapshot = callback.snapshots[0]
+    model.learn(updates * 2 * n_steps, callback=callback)  # the last update is checked (cold: plain gradient)
+    assert model.kfac.statistics_calls == updates  # of which only the first collected
+    snapshot = callback.snapshots[-1]
     buffer = model.rollout_buffer  # flattened env-major by the update
     wrapper = EvaluateActions(model.policy)
     mean = {name: value.clone().requires_grad_() for name, value in snapshot["mean"].items()}
     deltas = model.kfac.parameter_perturbations(snapshot["perturbations"])
     loss = th.zeros(())
     for env in range(2):
-        rows = slice(env * 4, env * 4 + 4)
+        rows = slice(env * n_steps, (env + 1) * n_steps)
         weights = {f"policy.{k}": v + deltas[k][env] if k in deltas else v for k, v in mean.items()}
-        observations = th.as_tensor(buffer.observations[rows])
+        if isinstance(buffer.observations, dict):
+            observations = {key: th.as_tensor(value[rows]) for key, value in buffer.observations.items()}
+        else:
+            observations = th.as_tensor(buffer.observations[rows])
         actions = th.as_tensor(buffer.actions[rows]).long().flatten()
         values, log_prob = functional_call(wrapper, weights, (observations, actions))
         advantages = th.as_tensor(buffer.advantages[rows]).flatten()
         returns = th.as_tensor(buffer.returns[rows]).flatten()
-        loss = loss + (-(advantages * log_prob).sum() + model.vf_coef * ((returns - values) ** 2).sum()) / 8
+        loss = loss + (-(advantages * log_prob).sum() + model.vf_coef * ((returns - values) ** 2).sum()) / (
+            2 * n_steps
+        )
     loss.backward()
     lr = model.lr_schedule(1.0)
     for name, param in model.policy.named_parameters():
         expected = snapshot["mean"][name] - lr * mean[name].grad
         th.testing.assert_close(param.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_training_chunk_smaller_than_the_rollout_is_refused():
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    with pytest.raises(ValueError, match=r"must be None, .auto. or >= n_steps \* n_envs = 8"):
+        NoisyACKTR("MlpPolicy", env, n_steps=4, micro_batch_size=4)
+    model = NoisyACKTR("MlpPolicy", env, n_steps=4, micro_batch_size=8)
+    model.micro_batch_size = 2  # changed later: refused at the next update
+    with pytest.raises(ValueError, match="micro_batch_size must be"):
+        model.learn(16)
 
 
 def test_prior_term_decays_the_perturbed_mean_weights_only():

@@ -590,3 +590,16 @@ def test_npg_zoo_entries_reach_their_thresholds(env_id: str, threshold: float, b
     model = build_model("npg", env_id, seed=0)
     steps = steps_to_threshold(model, threshold, budget)
     assert steps is not None and math.isfinite(steps), f"{env_id}: 100-episode mean below {threshold}"
+
+
+@pytest.mark.parametrize("algorithm", ["npg", "acktr"])
+def test_a_one_row_rollout_with_advantage_normalisation_is_refused_like_sb3(algorithm: str) -> None:
+    """The std of one advantage is NaN. SB3's PPO and sb3-contrib's TRPO assert this; ours is a ValueError
+    with the fix that is also an AssertionError, so code written for them keeps catching it."""
+    from acktr import ACKTR
+
+    cls, extra = (NPG, {"batch_size": 1}) if algorithm == "npg" else (ACKTR, {})
+    for error in (ValueError, AssertionError):
+        with pytest.raises(error, match="n_steps \\* n_envs must be > 1 to normalise advantages"):
+            cls("MlpPolicy", "Pendulum-v1", n_steps=1, normalize_advantage=True, device="cpu", **extra)
+    cls("MlpPolicy", "Pendulum-v1", n_steps=1, normalize_advantage=False, device="cpu", **extra).learn(3)
