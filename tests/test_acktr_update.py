@@ -659,10 +659,16 @@ def test_micro_batched_training_takes_the_same_steps_as_the_whole_batch(kind: st
 def test_micro_batch_size_auto_chunks_images_only_and_rejects_bad_values() -> None:
     image_model, vector_model = make_policy_model("cnn"), make_policy_model("sde")
     assert image_model.micro_batch_size == "auto" and vector_model.micro_batch_size == "auto"
-    from acktr.agents.acktr import AUTO_MICRO_BATCH
+    from acktr.agents.acktr import AUTO_MICRO_BATCH, AUTO_MICRO_BATCH_BYTES
 
-    assert image_model._micro_batch_rows(th.zeros(640, 4, 84, 84), 640) == AUTO_MICRO_BATCH
+    # Atari frames: equal chunks within the float32 budget (83 rows): 640 rows as 8 x 80, 80 rows whole
+    assert AUTO_MICRO_BATCH_BYTES // (4 * 4 * 84 * 84) == 83
+    assert image_model._micro_batch_rows(th.zeros(640, 4, 84, 84, dtype=th.uint8), 640) == 80
+    assert image_model._micro_batch_rows(th.zeros(100, 4, 84, 84, dtype=th.uint8), 100) == 50
+    # small images: the row cap
     assert image_model._micro_batch_rows({"img": th.zeros(640, 1, 8, 8), "vec": th.zeros(640, 3)}, 640) == 160
+    assert image_model._micro_batch_rows(th.zeros(170, 4, 10, 10), 170) == 85
+    assert AUTO_MICRO_BATCH == 160
     assert vector_model._micro_batch_rows(th.zeros(2048, 64), 2048) == 2048
     assert image_model._micro_batch_rows(th.zeros(80, 4, 84, 84), 80) == 80
     for bad in (0, -3, "big", True, 1.5):
