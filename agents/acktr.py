@@ -815,8 +815,7 @@ class ACKTR(TensorRolloutMixin, OnPolicyAlgorithm):
         setting = getattr(self, "micro_batch_size", None)
         if setting == "auto":
             tensors = observations.values() if isinstance(observations, dict) else [observations]
-            images = [tensor for tensor in tensors if tensor.dim() >= 4]
-            if images:
+            if any(tensor.dim() >= 4 for tensor in tensors):
                 row_bytes = 4 * sum(tensor[0].numel() for tensor in tensors)  # float32 per row, every key
                 most = max(1, min(AUTO_MICRO_BATCH, AUTO_MICRO_BATCH_BYTES // row_bytes))
                 setting = math.ceil(rows / math.ceil(rows / most))  # equal chunks, no small remainder

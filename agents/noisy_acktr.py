@@ -89,7 +89,7 @@ class _EnvMajorBatch:
     full: bool
     generator_ready: bool
 
-    def _flatten_env_major(self) -> None:
+    def _flatten_observations(self) -> None:
         raise NotImplementedError
 
     def get(self, batch_size: int | None = None) -> Generator[Any, None, None]:
@@ -100,7 +100,9 @@ class _EnvMajorBatch:
             )
         assert self.full, "the rollout buffer is not full"
         if not self.generator_ready:
-            self._flatten_env_major()
+            self._flatten_observations()
+            for name in _ROLLOUT_ARRAYS:
+                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])  # type: ignore[attr-defined]
             self.generator_ready = True
         yield self._get_samples(np.arange(total))  # type: ignore[attr-defined]
 
@@ -111,19 +113,16 @@ _ROLLOUT_ARRAYS = ("actions", "values", "log_probs", "advantages", "returns")
 class EnvMajorRolloutBuffer(_EnvMajorBatch, RolloutBuffer):
     """A :class:`RolloutBuffer` read as one env-major batch (see :class:`_EnvMajorBatch`)."""
 
-    def _flatten_env_major(self) -> None:
-        for name in ("observations", *_ROLLOUT_ARRAYS):
-            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+    def _flatten_observations(self) -> None:
+        self.observations = self.swap_and_flatten(self.observations)
 
 
 class EnvMajorDictRolloutBuffer(_EnvMajorBatch, DictRolloutBuffer):
     """A :class:`DictRolloutBuffer` (Dict observations) read as one env-major batch."""
 
-    def _flatten_env_major(self) -> None:
+    def _flatten_observations(self) -> None:
         for key, observations in self.observations.items():
             self.observations[key] = self.swap_and_flatten(observations)
-        for name in _ROLLOUT_ARRAYS:
-            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
 
 
 ENV_MAJOR_BUFFERS = (EnvMajorRolloutBuffer, EnvMajorDictRolloutBuffer)
