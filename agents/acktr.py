@@ -794,6 +794,15 @@ class ACKTR(TensorRolloutMixin, OnPolicyAlgorithm):
         rows = len(actions)
         chunk = self._micro_batch_rows(observations, rows)
         optimizer.zero_grad()
+        if chunk >= rows:  # one pass: no chunk bookkeeping (a few ops that small MLP updates notice)
+            values, log_prob, entropy, _ = evaluate_with_distribution(self.policy, observations, actions)
+            _, policy_loss, value_loss, entropy_loss = self._a2c_loss(
+                values, log_prob, entropy, advantages, returns
+            )
+            clock.lap("forward")
+            self._backward(policy_loss, value_loss, entropy_loss, value_grads)
+            clock.lap("backward")
+            return policy_loss.detach(), value_loss.detach(), entropy_loss.detach()
         totals = th.zeros(3, device=actions.device)
         for start in range(0, rows, chunk):
             part = slice(start, start + chunk)  # views, no copies; the whole batch when chunk >= rows

@@ -137,14 +137,18 @@ def snapshot(
     ``KL(π_old ‖ π_new)`` needs the old torch distribution kept aside before the next forward.
     """
     inner = distribution.distribution
+    # the parameters were validated when the policy built the distribution: no second check (its host syncs)
     if isinstance(inner, list):
-        return [th.distributions.Categorical(logits=cat.logits.detach()) for cat in inner]  # type: ignore[attr-defined]
+        return [
+            th.distributions.Categorical(logits=cat.logits.detach(), validate_args=False)  # type: ignore[attr-defined]
+            for cat in inner
+        ]
     if isinstance(inner, th.distributions.Normal):
-        return th.distributions.Normal(inner.loc.detach(), inner.scale.detach())
+        return th.distributions.Normal(inner.loc.detach(), inner.scale.detach(), validate_args=False)
     if isinstance(inner, th.distributions.Categorical):
-        return th.distributions.Categorical(logits=inner.logits.detach())
+        return th.distributions.Categorical(logits=inner.logits.detach(), validate_args=False)
     if isinstance(inner, th.distributions.Bernoulli):
-        return th.distributions.Bernoulli(logits=inner.logits.detach())
+        return th.distributions.Bernoulli(logits=inner.logits.detach(), validate_args=False)
     raise TypeError(f"cannot snapshot {type(inner).__name__} for the KL measurement")
 
 

@@ -47,9 +47,12 @@ def updates_are_finite(gradients: Sequence[th.Tensor], loss: float | None = None
         return False
     if not gradients:
         return True
-    # a sum is non-finite iff an entry is (or it overflows float range, which no usable update does): one
-    # reduction per tensor and one host sync, no boolean copies
-    return bool(th.isfinite(th.stack([gradient.sum(dtype=th.float32) for gradient in gradients]).sum()))
+    # an L1 norm is non-finite iff an entry is (or it overflows float range, which no usable update does):
+    # one multi-tensor reduction and one host sync, no boolean copies
+    norms = list(th._foreach_norm(list(gradients), 1))
+    if any(norm.dtype != th.float32 for norm in norms):
+        norms = [norm.float() for norm in norms]
+    return bool(th.isfinite(th.stack(norms).sum()))
 
 
 class KFACOptimizer(th.optim.Optimizer):

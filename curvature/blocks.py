@@ -104,7 +104,8 @@ class KFACBlock:
         """
         direction = self.approximation.precondition(grad_matrix, damping)
         # a sum is non-finite iff some entry is (or it overflows, when the direction is useless anyway)
-        return torch.where(torch.isfinite(direction.sum()), direction, grad_matrix.to(direction.dtype))
+        fallback = grad_matrix if grad_matrix.dtype == direction.dtype else grad_matrix.to(direction.dtype)
+        return torch.where(torch.isfinite(direction.sum()), direction, fallback)
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -225,6 +225,30 @@ def eigenbasis_precondition(
     return gradient_vectors @ (rotated / (scaling + damping)) @ activation_vectors.T
 
 
+def inverse_eigen_scaling(
+    gradient_values: Tensor, activation_values: Tensor, damping: float, power: float = 1.0
+) -> Tensor:
+    """``(d_G d_Aᵀ + λ)^{-power}`` ``(d_out, d_in')``: the divisor of :func:`eigen_precondition` (power 1)
+    and of the posterior sampler (power ½), for a caller that keeps it between refreshes."""
+    return (torch.outer(gradient_values, activation_values) + damping).pow(-power)
+
+
+def eigenbasis_rescale(
+    grad_matrix: Tensor, activation_vectors: Tensor, gradient_vectors: Tensor, inverse_scaling: Tensor
+) -> Tensor:
+    """``Q_G [(Q_Gᵀ ∇W Q_A) ⊙ S] Q_Aᵀ`` for a precomputed ``S`` ``(d_out, d_in')`` (e.g.
+    :func:`inverse_eigen_scaling`): :func:`eigenbasis_precondition` without recomputing the divisor.
+
+    Args:
+        grad_matrix: ``(..., d_out, d_in')``; vectors ``Q_A`` ``(d_in', d_in')``, ``Q_G`` ``(d_out, d_out)``.
+
+    Returns:
+        ``(..., d_out, d_in')``.
+    """
+    rotated = gradient_vectors.T @ grad_matrix @ activation_vectors
+    return gradient_vectors @ (rotated * inverse_scaling) @ activation_vectors.T
+
+
 def eigenbasis_posterior_sample(
     noise: Tensor, activation_vectors: Tensor, gradient_vectors: Tensor, scaling: Tensor, damping: float
 ) -> Tensor:

@@ -131,11 +131,11 @@ class LayerAdapter:
         bias = trainable_bias(self.module)
         weight_columns = matrix[:, : matrix.shape[1] - (bias is not None)]
         assert weight.grad is not None
-        weight.grad.copy_(weight_columns.reshape(weight.shape).to(weight.grad.dtype))
+        weight.grad.copy_(weight_columns.reshape(weight.shape))  # copy_ converts the dtype if it differs
         if bias is not None:
             if bias.grad is None:
                 bias.grad = torch.zeros_like(bias)
-            bias.grad.copy_(matrix[:, -1].to(bias.grad.dtype))
+            bias.grad.copy_(matrix[:, -1])
 
 
 def trainable_bias(module: nn.Module) -> nn.Parameter | None:

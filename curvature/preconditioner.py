@@ -792,8 +792,9 @@ class KFAC:
         start = time.perf_counter()
         device = next(iter(self.blocks)).parameters()[0].device
         group_count = 1 + len(self._group_kl_clips)
-        group_dots = [torch.zeros((), dtype=torch.float32, device=device) for _ in range(group_count)]
-        directions: list[tuple[KFACBlock, Tensor, int]] = []
+        # per group: the terms of Σ⟨Δ, g⟩ (summed once at the end) and the .grad tensors its scale multiplies
+        group_terms: list[list[Tensor]] = [[] for _ in range(group_count)]
+        group_grads: list[list[Tensor]] = [[] for _ in range(group_count)]
         without_statistics = []
         for block, group in zip(self.blocks, self._block_groups, strict=True):
             grad_matrix = block.gradient_matrix()
@@ -802,10 +803,13 @@ class KFAC:
             if not block.has_factors:
                 without_statistics.append(block.name)
             direction = block.natural_gradient(grad_matrix, damping=self.damping)
-            group_dots[group] = (
-                group_dots[group] + (direction * grad_matrix.to(direction.dtype)).sum().float()
-            )
-            directions.append((block, direction, group))
+            if grad_matrix.dtype != direction.dtype:
+                grad_matrix = grad_matrix.to(direction.dtype)
+            term = (direction * grad_matrix).sum()
+            group_terms[group].append(term if term.dtype == torch.float32 else term.float())
+            # written unscaled; the group's ν multiplies all of its .grad tensors in one foreach op below
+            block.write_gradient_matrix(direction)
+            group_grads[group].extend(param.grad for param in block.parameters() if param.grad is not None)
         if without_statistics and self.statistics_calls > 0 and not self._warned_missing_statistics:
             # e.g. nn.MultiheadAttention's out_proj, whose weight is used without calling its forward()
             self._warned_missing_statistics = True
@@ -829,9 +833,15 @@ class KFAC:
             if diagonal and fisher.has_statistics:
                 grad = param.grad
                 param.grad = fisher.precondition(grad, self.damping)
-                group_dots[group] = group_dots[group] + (param.grad * grad).float().sum()
+                group_terms[group].append((param.grad * grad).float().sum())
             else:
-                group_dots[group] = group_dots[group] + param.grad.float().square().sum()
+                group_terms[group].append(param.grad.float().square().sum())
+            group_grads[group].append(param.grad)
+        zero = torch.zeros((), dtype=torch.float32, device=device)
+        group_dots = [
+            terms[0] if len(terms) == 1 else torch.stack(terms).sum() if terms else zero
+            for terms in group_terms
+        ]
 
         clips = [self._group_kl_clip(group) for group in range(group_count)]
         if kl_clip is not _UNSET:
@@ -849,11 +859,9 @@ class KFAC:
                 kfac_math.trust_region_scale(dot, group_etas[group], clips[group])
                 for group, dot in enumerate(group_dots)
             ]
-        for block, direction, group in directions:
-            block.write_gradient_matrix(direction * scales[group].to(direction.dtype))
-        for param, group, _ in uncovered:
-            assert param.grad is not None
-            param.grad.mul_(scales[group].to(param.grad.dtype))
+        for grads, scale in zip(group_grads, scales, strict=True):
+            if grads:
+                torch._foreach_mul_(grads, scale)
         precondition_seconds = time.perf_counter() - start
 
         if advance:

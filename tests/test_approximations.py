@@ -116,6 +116,36 @@ def test_lowrank_curvature_equals_eigen_when_the_rank_covers_every_factor() -> N
         torch.testing.assert_close(lowrank, eigen, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("curvature", ["eigen", "lowrank"])
+def test_the_kept_divisor_follows_damping_and_refreshes(curvature: str) -> None:
+    """Eigen and full-rank low-rank blocks keep ``(d_G d_Aᵀ + λ)⁻¹`` between steps: a new damping, a refresh
+    from new statistics and a directly assigned decomposition must each give the dense solve of their own."""
+    torch.manual_seed(4)
+    approximation = (EigenKFAC if curvature == "eigen" else LowRankKFAC)(
+        5, 3, has_bias=True, dtype=torch.float64
+    )
+    grad = torch.randn(3, 5)
+
+    def feed_and_refresh() -> None:
+        approximation.observe_activations(torch.randn(16, 4))
+        approximation.observe_gradients(torch.randn(16, 3), 16, 1.0, 1.0)
+        approximation.update(decay=0.0, cold_iter=0)
+        assert approximation.refresh(0.1)
+
+    def expected(damping: float) -> torch.Tensor:
+        return dense_solve(approximation.activation_factor, approximation.gradient_factor, grad, damping)
+
+    feed_and_refresh()
+    for damping in (0.1, 0.1, 0.02, 0.1):
+        torch.testing.assert_close(approximation.precondition(grad, damping), expected(damping))
+    feed_and_refresh()  # new factors, same damping
+    torch.testing.assert_close(approximation.precondition(grad, 0.1), expected(0.1))
+    if curvature == "eigen":  # a decomposition set from outside (e.g. loaded state)
+        approximation.activation_factor = random_spd(5, floor=0.1)
+        approximation.activation_eigen = kfac_math.safe_eigh(approximation.activation_factor)
+        torch.testing.assert_close(approximation.precondition(grad, 0.1), expected(0.1))
+
+
 def test_lowrank_curvature_on_a_wide_layer_solves_its_own_approximation() -> None:
     """A layer wider than rank + oversampling: the step is the exact damped inverse of (Â ⊗ Ĝ), with Â, Ĝ
     rebuilt from the decompositions held by the approximation."""
