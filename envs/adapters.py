@@ -22,6 +22,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from acktr.envs.registry import envpool_registration
 from acktr.envs.torch_envs import TorchVecEnv
 
 
@@ -190,9 +191,8 @@ class EnvpoolVecEnv(_BatchedVecEnv):
         check_finite: bool = True,
         **pool_kwargs: Any,
     ) -> None:
-        import envpool
-
-        self._envpool = envpool
+        # envpool's registry with this family's tasks (an Atari run does not load every envpool family)
+        self._envpool = envpool_registration("atari" if atari else None)
         self.env_id = env_id
         self.task_id = task_id
         self.atari = atari

@@ -18,7 +18,14 @@ from acktr.envs.adapters import (
     TorchVecEnvAdapter,
 )
 from acktr.envs.atari import DEFAULT_MAX_EPISODE_STEPS, make_gymnasium_atari
-from acktr.envs.registry import envpool_env_ids, envpool_task_id, is_atari, resolve_env_id
+from acktr.envs.registry import (
+    envpool_env_ids,
+    envpool_task_id,
+    import_minatar,
+    is_atari,
+    is_minatar,
+    resolve_env_id,
+)
 from acktr.envs.torch_envs import TORCH_ENVS, TorchVecEnv, resolve_device
 
 BACKENDS = ("auto", "envpool", "gymnasium", "torch")
@@ -217,6 +224,8 @@ def _gymnasium_env_fn(
             raise ValueError(f"{name} applies to Atari games only, not {env_id}; remove it")
 
     def make_single() -> gym.Env:
+        if is_minatar(env_id):
+            import_minatar()  # the entry point's module, imported quietly (registered without it)
         extra: dict[str, Any] = {} if render_mode is None else {"render_mode": render_mode}
         if max_episode_steps is not None:
             extra["max_episode_steps"] = max_episode_steps

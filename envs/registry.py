@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import importlib.util
 import re
+import sys
+from types import ModuleType
+from typing import Any
 
 import gymnasium as gym
 
@@ -51,23 +55,45 @@ def _register_atari() -> bool:
     return True
 
 
+# the games and ids ``minatar.gym.register_envs()`` registers (minatar 1.0.x): -v0 with the full action set,
+# -v1 with the game's minimal one
+MINATAR_GAMES: tuple[str, ...] = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
+
+
 @functools.lru_cache(maxsize=1)
 def _register_minatar() -> bool:
-    """Register the ``MinAtar/*`` ids of the ``minatar`` package once (False if it is not installed)."""
+    """Register the ``MinAtar/*`` ids of the ``minatar`` package once (False if it is not installed).
+
+    Registered as ``minatar.gym.register_envs()`` does, by entry-point string, without importing minatar:
+    its import loads matplotlib (~100 MB of resident memory) even in processes that never make a MinAtar
+    env. :func:`import_minatar` runs when one is made."""
     if importlib.util.find_spec("minatar") is None:
         return False
+    if any(env_id.startswith("MinAtar/") for env_id in gym.registry):
+        return True  # registered already, e.g. by the user's minatar.gym.register_envs()
+    for game in MINATAR_GAMES:
+        name = game.title().replace("_", "")
+        for version, minimal in (("v0", False), ("v1", True)):
+            gym.register(
+                id=f"MinAtar/{name}-{version}",
+                entry_point="minatar.gym:BaseEnv",
+                kwargs={"game": game, "use_minimal_action_set": minimal},
+            )
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def import_minatar() -> None:
+    """Import ``minatar.gym`` without its import-time warning that seaborn (only used to render) is absent."""
     import logging
 
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)  # minatar warns at import that seaborn (only used to render) is missing
+    root.setLevel(logging.ERROR)
     try:
-        import minatar.gym
+        import minatar.gym  # noqa: F401
     finally:
         root.setLevel(level)
-    if not any(env_id.startswith("MinAtar/") for env_id in gym.registry):
-        minatar.gym.register_envs()
-    return True
 
 
 @functools.lru_cache(maxsize=1)
@@ -188,20 +214,75 @@ def atari_game(env_id: str) -> str:
     return match["name"].replace("NoFrameskip", "").replace("Deterministic", "")
 
 
+def envpool_registration(family: str | None = None) -> ModuleType:
+    """envpool's ``registration`` module (``make``, ``list_all_envs``) with ``family``'s tasks registered
+    (e.g. ``"atari"``; None: every family, as ``import envpool`` does).
+
+    ``import envpool`` loads every family's extension module and its dependencies (matplotlib among them):
+    about 165 MB of resident memory, of which an Atari run needs ~10. So the first import here puts envpool's
+    package in ``sys.modules`` with its ``__init__`` deferred and imports only the family asked for; the
+    package runs its ``__init__`` (registering the rest) on the first access of one of its own names, e.g. a
+    user's ``envpool.make(...)`` in the same process, so it still behaves as the package it is.
+    """
+    package = sys.modules.get("envpool")
+    if package is None:
+        package = _deferred_envpool_package()
+    if family is None:
+        getattr(package, "list_all_envs")  # noqa: B009 (an attribute access that completes the package)
+    else:
+        importlib.import_module(f"envpool.{family}.registration")
+    return importlib.import_module("envpool.registration")
+
+
+def _deferred_envpool_package() -> ModuleType:
+    spec = importlib.util.find_spec("envpool")
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError("envpool is not installed: pip install envpool, or use backend='gymnasium'")
+    package = importlib.util.module_from_spec(spec)  # __path__ and __spec__ set, __init__ not run
+    loader = spec.loader
+    running = False
+
+    def complete(name: str) -> Any:
+        nonlocal running
+        if running:  # names looked up while __init__ runs are absent until it sets them
+            raise AttributeError(f"module 'envpool' has no attribute {name!r}")
+        running = True
+        try:
+            loader.exec_module(package)  # the real __init__: every family's registration, the public API
+        finally:
+            running = False
+        package.__dict__.pop("__getattr__", None)
+        return getattr(package, name)
+
+    package.__getattr__ = complete  # type: ignore[method-assign]  # PEP 562 module __getattr__
+    sys.modules["envpool"] = package
+    return package
+
+
+def envpool_installed() -> bool:
+    return "envpool" in sys.modules or importlib.util.find_spec("envpool") is not None
+
+
 @functools.lru_cache(maxsize=1)
 def envpool_env_ids() -> frozenset[str]:
-    """Task ids envpool can build here (empty when envpool is not installed)."""
-    if importlib.util.find_spec("envpool") is None:
+    """Task ids envpool can build here, every family (empty when envpool is not installed)."""
+    if not envpool_installed():
         return frozenset()
-    import envpool
+    return frozenset(envpool_registration().list_all_envs())
 
-    return frozenset(envpool.list_all_envs())
+
+@functools.lru_cache(maxsize=1)
+def envpool_atari_ids() -> frozenset[str]:
+    """envpool's Atari task ids (loads its Atari family only; empty when envpool is not installed)."""
+    if not envpool_installed():
+        return frozenset()
+    return frozenset(envpool_registration("atari").list_all_envs())
 
 
 def envpool_task_id(env_id: str) -> str | None:
     """The envpool task id for a gymnasium id, or None when envpool does not provide that environment."""
-    available = envpool_env_ids()
-    if not available:
-        return None
-    task = f"{atari_game(env_id)}-v5" if is_atari(env_id) else resolve_env_id(env_id)
+    if is_atari(env_id):
+        task, available = f"{atari_game(env_id)}-v5", envpool_atari_ids()
+    else:
+        task, available = resolve_env_id(env_id), envpool_env_ids()
     return task if task in available else None

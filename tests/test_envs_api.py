@@ -278,3 +278,57 @@ def test_minatar_games_resolve_and_train_with_the_papers_network_under_kfac(tmp_
     names = [block.name for block in model.kfac.blocks]
     assert names == ["features_extractor.conv", "features_extractor.hidden", "action_net", "value_net"]
     assert model.kfac.steps > 0 and all(block.has_factors for block in model.kfac.blocks)
+
+
+def _run_fresh(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (import state is what is tested) and return its stdout."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
+def test_an_atari_env_loads_only_envpool_s_atari_family_and_envpool_still_works_whole() -> None:
+    """``import envpool`` loads every family (~165 MB, matplotlib among them); an Atari run needs only its
+    own. A user's ``envpool.make`` in the same process must still see every envpool task."""
+    pytest.importorskip("envpool")
+    everything = _run_fresh("import envpool; print(len(envpool.list_all_envs()))")
+    out = _run_fresh(
+        "import sys\n"
+        "from acktr.envs import make_env\n"
+        "venv = make_env('Breakout', n_envs=2, seed=0, backend='envpool')\n"
+        "assert venv.reset().shape == (2, 4, 84, 84)\n"
+        "heavy = ('matplotlib', 'envpool.mujoco', 'envpool.jumanji', 'minatar')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "import envpool\n"
+        "print(envpool.__version__ > '')\n"
+        "print(envpool.make('CartPole-v1', env_type='gymnasium', num_envs=2).reset()[0].shape)\n"
+        "print(len(envpool.list_all_envs()))\n"
+    )
+    loaded, version_ok, shape, count = out.splitlines()[-4:]
+    assert loaded == "[]"
+    assert version_ok == "True" and shape == "(2, 4)"
+    assert count == everything
+
+
+def test_minatar_ids_are_registered_as_minatar_registers_them_without_importing_it() -> None:
+    pytest.importorskip("minatar")
+    out = _run_fresh(
+        "import sys, gymnasium as gym\n"
+        "from acktr.envs import resolve_env_id\n"
+        "assert resolve_env_id('MinAtar/Breakout') == 'MinAtar/Breakout-v1'\n"
+        "print('minatar' in sys.modules, 'matplotlib' in sys.modules)\n"
+        "def table():\n"
+        "    specs = gym.registry.items()\n"
+        "    return {k: (s.entry_point, s.kwargs) for k, s in specs if k.startswith('MinAtar/')}\n"
+        "ours = table()\n"
+        "for key in ours: del gym.registry[key]\n"
+        "import minatar.gym\n"
+        "minatar.gym.register_envs()\n"
+        "print(len(ours), ours == table())\n"
+    )
+    imported, equal = out.splitlines()[-2:]
+    assert imported == "False False"
+    assert equal == "10 True"
