@@ -260,6 +260,7 @@ def _deferred_envpool_package() -> ModuleType:
 
 
 def envpool_installed() -> bool:
+    """Whether envpool can be imported here (without importing it)."""
     return "envpool" in sys.modules or importlib.util.find_spec("envpool") is not None
 
 
