@@ -794,29 +794,28 @@ class ACKTR(TensorRolloutMixin, OnPolicyAlgorithm):
         rows = len(actions)
         chunk = self._micro_batch_rows(observations, rows)
         optimizer.zero_grad()
-        if chunk >= rows:  # one pass: no chunk bookkeeping (a few ops that small MLP updates notice)
-            values, log_prob, entropy, _ = evaluate_with_distribution(self.policy, observations, actions)
-            _, policy_loss, value_loss, entropy_loss = self._a2c_loss(
-                values, log_prob, entropy, advantages, returns
-            )
-            clock.lap("forward")
-            self._backward(policy_loss, value_loss, entropy_loss, value_grads)
-            clock.lap("backward")
-            return policy_loss.detach(), value_loss.detach(), entropy_loss.detach()
-        totals = th.zeros(3, device=actions.device)
-        for start in range(0, rows, chunk):
-            part = slice(start, start + chunk)  # views, no copies; the whole batch when chunk >= rows
-            values, log_prob, entropy, _ = evaluate_with_distribution(
-                self.policy, _rows(observations, part), actions[part]
-            )
+        # None: the whole batch as it is (no slicing, no chunk bookkeeping: ops that small MLP updates notice)
+        parts: list[slice | None] = (
+            [None] if chunk >= rows else [slice(start, start + chunk) for start in range(0, rows, chunk)]
+        )
+        chunk_terms: list[tuple[float, th.Tensor, th.Tensor, th.Tensor]] = []
+        for part in parts:
+            if part is None:
+                batch = (observations, actions, advantages, returns)
+            else:  # views, no copies
+                batch = (_rows(observations, part), actions[part], advantages[part], returns[part])
+            values, log_prob, entropy, _ = evaluate_with_distribution(self.policy, batch[0], batch[1])
             share = len(log_prob) / rows
             _, policy_loss, value_loss, entropy_loss = self._a2c_loss(
-                values, log_prob, entropy, advantages[part], returns[part]
+                values, log_prob, entropy, batch[2], batch[3]
             )
-            totals += share * th.stack([policy_loss.detach(), value_loss.detach(), entropy_loss.detach()])
+            chunk_terms.append((share, policy_loss.detach(), value_loss.detach(), entropy_loss.detach()))
             clock.lap("forward")
             self._backward(policy_loss, value_loss, entropy_loss, value_grads, scale=share)
             clock.lap("backward")
+        if len(chunk_terms) == 1:
+            return chunk_terms[0][1:]
+        totals = th.stack([th.stack(terms) * share for share, *terms in chunk_terms]).sum(dim=0)
         return totals[0], totals[1], totals[2]
 
     def _micro_batch_rows(self, observations: Any, rows: int) -> int:

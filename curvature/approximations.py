@@ -113,6 +113,8 @@ class CurvatureApproximation:
         self.decomposition_failures = 0
         self.consecutive_failures = 0  # refreshes failed in a row (reset by a success or by reset_statistics)
         self.finite_updates: Tensor | None = None
+        # (damping, d_G, d_A, (d_G d_Aᵀ + λ)⁻¹) of the last eigenbasis step, see _inverse_scaling
+        self._inverse_scaling_cache: tuple[float, Tensor, Tensor, Tensor] | None = None
         self.reset_pending()
 
     # ------------------------------------------------------------------ statistics (override)
@@ -230,9 +232,13 @@ class CurvatureApproximation:
         refreshes every step divides by the same matrix, and for small layers its three ops per step are a
         measurable share of the step (keyed on the eigenvalue tensors themselves, so any refresh, load or
         direct assignment of new decompositions invalidates it)."""
-        cache = self.__dict__.get("_inverse_scaling_cache")
-        key = (damping, gradient_values, activation_values)
-        if cache is not None and cache[0] == key[0] and cache[1] is key[1] and cache[2] is key[2]:
+        cache = self._inverse_scaling_cache
+        if (
+            cache is not None
+            and cache[0] == damping
+            and cache[1] is gradient_values
+            and cache[2] is activation_values
+        ):
             return cache[3]
         inverse = kfac_math.inverse_eigen_scaling(gradient_values, activation_values, damping)
         self._inverse_scaling_cache = (damping, gradient_values, activation_values, inverse)

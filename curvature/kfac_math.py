@@ -172,10 +172,8 @@ def eigen_precondition(
     Returns:
         ``(d_out, d_in')``.
     """
-    scaling = torch.outer(gradient.eigenvalues, activation.eigenvalues)
-    return eigenbasis_precondition(
-        grad_matrix, activation.eigenvectors, gradient.eigenvectors, scaling, damping
-    )
+    inverse = inverse_eigen_scaling(gradient.eigenvalues, activation.eigenvalues, damping)
+    return eigenbasis_rescale(grad_matrix, activation.eigenvectors, gradient.eigenvectors, inverse)
 
 
 def eigenbasis_scaling(
@@ -221,8 +219,8 @@ def eigenbasis_precondition(
     Returns:
         ``(..., d_out, d_in')``.
     """
-    rotated = gradient_vectors.T @ grad_matrix @ activation_vectors
-    return gradient_vectors @ (rotated / (scaling + damping)) @ activation_vectors.T
+    inverse = (scaling + damping).reciprocal()
+    return eigenbasis_rescale(grad_matrix, activation_vectors, gradient_vectors, inverse)
 
 
 def inverse_eigen_scaling(
@@ -564,7 +562,7 @@ def _low_rank_damped_power(
     batched = matrix.dim() > 2
     v_qa = matrix @ q_a  # (..., d_out, k_a)
     core = q_g.T @ v_qa  # C: (..., k_g, k_a)
-    top_top = core * (torch.outer(g, a) + damping).pow(-power)
+    top_top = core * inverse_eigen_scaling(g, a, damping, power)
     if activation.full_rank and gradient.full_rank:
         return q_g @ top_top @ q_a.T
     if activation.full_rank:  # V = V Q_A Q_Aᵀ: only the rest-of-G × top-of-A part is added

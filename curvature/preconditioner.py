@@ -103,6 +103,15 @@ class PreconditionInfo:
         }
 
 
+def _sum_of_terms(terms: list[Tensor], device: torch.device) -> Tensor:
+    """0-dim float32 sum of 0-dim tensors (no op for a single one; zero for none)."""
+    if len(terms) == 1:
+        return terms[0]
+    if not terms:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    return torch.stack(terms).sum()
+
+
 def _check_positive_number(name: str, value: Any, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"KFAC: {name} must be a number, got {type(value).__name__} {value!r}")
@@ -837,11 +846,7 @@ class KFAC:
             else:
                 group_terms[group].append(param.grad.float().square().sum())
             group_grads[group].append(param.grad)
-        zero = torch.zeros((), dtype=torch.float32, device=device)
-        group_dots = [
-            terms[0] if len(terms) == 1 else torch.stack(terms).sum() if terms else zero
-            for terms in group_terms
-        ]
+        group_dots = [_sum_of_terms(terms, device) for terms in group_terms]
 
         clips = [self._group_kl_clip(group) for group in range(group_count)]
         if kl_clip is not _UNSET:

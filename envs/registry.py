@@ -264,26 +264,19 @@ def envpool_installed() -> bool:
     return "envpool" in sys.modules or importlib.util.find_spec("envpool") is not None
 
 
-@functools.lru_cache(maxsize=1)
-def envpool_env_ids() -> frozenset[str]:
-    """Task ids envpool can build here, every family (empty when envpool is not installed)."""
+@functools.cache
+def envpool_env_ids(family: str | None = None) -> frozenset[str]:
+    """Task ids envpool can build here once ``family`` is loaded (e.g. ``"atari"``: that family only, plus any
+    loaded before) or every family (None); empty when envpool is not installed."""
     if not envpool_installed():
         return frozenset()
-    return frozenset(envpool_registration().list_all_envs())
-
-
-@functools.lru_cache(maxsize=1)
-def envpool_atari_ids() -> frozenset[str]:
-    """envpool's Atari task ids (loads its Atari family only; empty when envpool is not installed)."""
-    if not envpool_installed():
-        return frozenset()
-    return frozenset(envpool_registration("atari").list_all_envs())
+    return frozenset(envpool_registration(family).list_all_envs())
 
 
 def envpool_task_id(env_id: str) -> str | None:
     """The envpool task id for a gymnasium id, or None when envpool does not provide that environment."""
     if is_atari(env_id):
-        task, available = f"{atari_game(env_id)}-v5", envpool_atari_ids()
+        task, available = f"{atari_game(env_id)}-v5", envpool_env_ids("atari")
     else:
         task, available = resolve_env_id(env_id), envpool_env_ids()
     return task if task in available else None
