@@ -92,6 +92,25 @@ def sampled_fisher_loss(
     return policy_fisher_loss + vf_fisher_coef * value_fisher_loss
 
 
+def exact_log_std_fisher(policy: ActorCriticPolicy) -> th.Tensor | None:
+    """The exact diagonal Fisher of a policy's state-independent ``log_std``, where it has a closed form.
+
+    For ``N(μ(s), diag(σ²))`` with ``σ = exp(log_std)`` the score of ``log σⱼ`` is ``zⱼ² − 1`` (z standard
+    normal), so each diagonal entry is ``E[(z² − 1)²] = 2`` whatever the state, and the Fisher has no
+    mean × log σ cross term. A tanh squashing is an invertible map of the action and changes no Fisher.
+    gSDE's standard deviation depends on the state's features, so it has no such constant: None there, and
+    for policies without ``log_std``.
+
+    :return: shape of ``policy.log_std``, all 2, or None.
+    """
+    log_std = getattr(policy, "log_std", None)
+    if not isinstance(log_std, th.nn.Parameter):
+        return None
+    if not isinstance(getattr(policy, "action_dist", None), DiagGaussianDistribution):
+        return None
+    return th.full_like(log_std.detach(), 2.0)
+
+
 def check_fisher_reduction(kfac_kwargs: dict[str, Any]) -> None:
     """The losses here are batch means: ``KFAC(loss_reduction="sum")`` would make every G B² too small."""
     reduction = kfac_kwargs.get("loss_reduction", "mean")

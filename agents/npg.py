@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from acktr.agents.acktr import critic_only_parameter_names
-from acktr.agents.fisher import mean_kl, sampled_log_prob, snapshot
+from acktr.agents.fisher import exact_log_std_fisher, mean_kl, sampled_log_prob, snapshot
 from acktr.agents.rollouts import TensorRolloutMixin, explained_variance_of
 from acktr.curvature import KFAC
 from acktr.errors import RolloutSizeError
@@ -86,6 +86,41 @@ def calibrated_step_scale(measured_kl: float, target_kl: float, *, smallest: flo
     if not math.isfinite(measured_kl) or measured_kl <= 0.0:
         return 1.0
     return min(largest, max(smallest, math.sqrt(target_kl / measured_kl)))
+
+
+def blockwise_step_lengths(gains: list[float], curvatures: list[float], target_kl: float) -> list[float]:
+    """Step lengths ``aᵢ`` along Fisher-orthogonal block directions ``dᵢ`` that maximise the linear gain
+    ``Σ aᵢ pᵢ`` subject to the quadratic KL ``½ Σ aᵢ² cᵢ = δ``.
+
+    The Lagrange conditions give ``aᵢ = κ pᵢ / cᵢ`` with ``κ = sqrt(2δ / Σ pᵢ²/cᵢ)``. With K-FAC's own
+    curvature along ``dᵢ = F̂ᵢ⁻¹gᵢ`` (``cᵢ = dᵢᵀF̂ᵢdᵢ = pᵢ``) every block gets the one natural step
+    ``sqrt(2δ / Σ pᵢ)``; with curvatures measured along each block's direction, a block whose model was too
+    flat (measured KL above the model's) is shortened without shortening the others. A Gaussian policy's
+    mean and ``log_std`` are such blocks: the Gaussian Fisher has no mean × log σ cross term.
+
+    :param gains: ``pᵢ = gᵢᵀdᵢ`` ≥ 0 per block.
+    :param curvatures: ``cᵢ = dᵢᵀFdᵢ`` > 0 per block (same length as ``gains``).
+    :param target_kl: δ > 0.
+    :return: ``aᵢ`` per block; 0 for a block with no gain or a curvature that is not positive and finite.
+    """
+    if target_kl <= 0:
+        raise ValueError(f"blockwise_step_lengths: target_kl must be > 0, got {target_kl!r}")
+    if len(gains) != len(curvatures):
+        raise ValueError(f"blockwise_step_lengths: {len(gains)} gains but {len(curvatures)} curvatures")
+    usable = [
+        math.isfinite(gain) and gain > 0.0 and math.isfinite(curvature) and curvature > 0.0
+        for gain, curvature in zip(gains, curvatures, strict=True)
+    ]
+    total = sum(
+        gain * gain / curvature for gain, curvature, ok in zip(gains, curvatures, usable, strict=True) if ok
+    )
+    if total <= 0.0 or not math.isfinite(total):
+        return [0.0] * len(gains)
+    multiplier = math.sqrt(2.0 * target_kl / total)
+    return [
+        multiplier * gain / curvature if ok else 0.0
+        for gain, curvature, ok in zip(gains, curvatures, usable, strict=True)
+    ]
 
 
 def _dot(left: list[th.Tensor], right: list[th.Tensor]) -> th.Tensor:
@@ -296,6 +331,13 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
        K-FAC's block-diagonal Kronecker curvature can be far off along its own direction (measured on
        Hopper's 256-256 tanh policy: the true KL 30–70× the model's), and then every try of a line search
        from the model's step fails or ends many shrinks short. Logged: ``train/kl_model_ratio``.
+       With ``split_std_step=True`` (default) a Gaussian policy's ``log_std`` is its own block of the step:
+       the mean's parameters and ``log_std`` are each tried alone at the model step, and the step lengths
+       along the two directions maximise the surrogate's linear gain under the measured quadratic KL
+       (:func:`blockwise_step_lengths`; the Gaussian Fisher has no mean × log σ cross term). Without it, the
+       one calibration factor set by the mean's too-flat K-FAC model also shrinks ``log_std``'s step, whose
+       diagonal Fisher is exact, and the policy's standard deviation barely moves (measured on Hopper).
+       Logged: ``train/std_step_size``, ``train/kl_model_ratio_std``.
     2. **Critic.** ``n_critic_updates`` epochs over minibatches of ``batch_size`` of the value loss
        ``mean((R − V)²)`` on the critic-only parameters (TRPO drops the gradients of parameters shared with
        the actor; so does NPG). ``critic_optimizer="kfac"`` (default): each minibatch step is preconditioned
@@ -314,6 +356,8 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
 
     :param line_search: backtracking line search on the measured KL and surrogate (TRPO always runs one).
     :param calibrate_step: rescale the model step to the measured KL before the line search (see 1.).
+    :param split_std_step: give a Gaussian policy's ``log_std`` its own calibrated step length (see 1.;
+        with ``calibrate_step`` and without ``fisher_cg_steps``).
     :param fisher_cg_steps: conjugate-gradient iterations that refine the K-FAC direction toward the exact
         damped solve ``(F + λI)⁻¹g``, with K-FAC as the preconditioner and exact Fisher-vector products (the
         Hessian of the measured KL, one double backward each, as TRPO), started from ``F̂⁻¹g``; the step
@@ -368,6 +412,7 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         _init_setup_model: bool = True,
         line_search: bool = True,
         calibrate_step: bool = True,
+        split_std_step: bool = True,
         fisher_cg_steps: int = 0,
         damping: float = 0.01,
         factor_decay: float = 0.0,
@@ -454,6 +499,7 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         self.sub_sampling_factor = sub_sampling_factor
         self.line_search = bool(line_search)
         self.calibrate_step = bool(calibrate_step)
+        self.split_std_step = bool(split_std_step)
         self.fisher_cg_steps = fisher_cg_steps
         self.damping = damping
         self.factor_decay = factor_decay
@@ -497,6 +543,11 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
             uncovered_curvature="diagonal",
             warn_unsupported=False,
         )
+        log_std_fisher = exact_log_std_fisher(self.policy)
+        if log_std_fisher is not None and "log_std" in actor_names:
+            # NPG's curvature is this batch's alone (factor_decay 0): the sampled diagonal would be one
+            # χ²₁ draw per dimension, off by 2-10x on any one update; the Gaussian's is known exactly
+            actor_kfac.diagonal_fisher(by_name["log_std"]).set_exact(log_std_fisher)
         critic_kfac = None
         if self.critic_optimizer == "kfac":
             initial_lr = float(self.lr_schedule(1.0))
@@ -523,6 +574,14 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
             adam_kwargs=self.policy.optimizer_kwargs,
         )
         self._actor_parameter_names = actor_names
+
+    def _std_block_index(self) -> int | None:
+        """Index of the Gaussian's ``log_std`` among the actor's parameters when it takes its own step length
+        (``split_std_step``), else None."""
+        if not getattr(self, "split_std_step", False):  # models saved before the option: one block
+            return None
+        names = self._actor_parameter_names
+        return names.index("log_std") if "log_std" in names else None
 
     @property
     def npg_optimizer(self) -> NPGOptimizer:
@@ -564,6 +623,10 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
             if cg_steps > 0
             else []
         )
+        std_index = self._std_block_index() if cg_steps == 0 else None
+        std_gradient = None
+        if std_index is not None and actor_parameters[std_index].grad is not None:
+            std_gradient = actor_parameters[std_index].grad.detach().clone()  # type: ignore[union-attr]
         info = kfac.precondition(lr=1.0)  # .grad ← F̂⁻¹ g of the loss −objective (refreshes the curvature)
         natural_grad_dot = float(info.natural_grad_dot)
         directions: list[th.Tensor | None] = [
@@ -576,15 +639,27 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
             )
             directions = list(refined)
         step_size = natural_step_size(natural_grad_dot, self.target_kl)
+        # Blocks of parameters with one step length each: the Gaussian's log_std apart from the mean's
+        # parameters when split_std_step (their Fisher has no cross term), else one block.
+        block_of = [0] * len(actor_parameters)
+        gains = [natural_grad_dot]
+        std_direction = directions[std_index] if std_index is not None else None
+        if std_index is not None and std_gradient is not None and std_direction is not None:
+            std_gain = float((std_gradient * std_direction).sum())  # g_σᵀ F̂_σ⁻¹ g_σ
+            block_of[std_index] = 1
+            gains = [max(natural_grad_dot - std_gain, 0.0), std_gain]
+        lengths = [step_size] * len(gains)
         originals = [p.detach().clone() for p in actor_parameters]
         self.policy.zero_grad(set_to_none=True)
         old_objective = float(objective.detach())
 
-        def place(fraction: float) -> tuple[float, float]:
+        def place(fraction: float, block_lengths: list[float]) -> tuple[float, float]:
             with th.no_grad():
-                for param, original, direction in zip(actor_parameters, originals, directions, strict=True):
+                for param, original, direction, block in zip(
+                    actor_parameters, originals, directions, block_of, strict=True
+                ):
                     if direction is not None:
-                        param.copy_(original - fraction * step_size * direction)
+                        param.copy_(original - (fraction * block_lengths[block]) * direction)
                 new_distribution = self.policy.get_distribution(observations)
                 new_objective = (
                     advantages * th.exp(new_distribution.log_prob(actions) - old_log_prob)
@@ -597,16 +672,26 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
             if self.line_search
             else [1.0]
         )
-        model_ratio = float("nan")
+        model_ratios = [float("nan")] * len(gains)
         if getattr(self, "calibrate_step", False) and step_size > 0.0:
-            trial_kl, _ = place(1.0)
-            model_ratio = trial_kl / self.target_kl
-            step_size *= calibrated_step_scale(
-                trial_kl, self.target_kl, smallest=CALIBRATION_RANGE[0], largest=CALIBRATION_RANGE[1]
-            )
+            # each block alone at the model's step: its measured KL over the model's ½α²pᵢ is how much
+            # steeper the true KL is along that block's direction than K-FAC's model of it
+            curvatures = []
+            for block, gain in enumerate(gains):
+                alone = [step_size if other == block else 0.0 for other in range(len(gains))]
+                trial_kl, _ = place(1.0, alone)
+                model_kl = 0.5 * step_size**2 * gain
+                ratio = trial_kl / model_kl if model_kl > 0.0 else float("nan")
+                model_ratios[block] = ratio
+                if not math.isfinite(ratio) or ratio <= 0.0:
+                    ratio = 1.0  # no information: keep the model's curvature
+                # the step length moves by sqrt(1/ratio), kept within CALIBRATION_RANGE of the model's step
+                ratio = min(CALIBRATION_RANGE[0] ** -2, max(CALIBRATION_RANGE[1] ** -2, ratio))
+                curvatures.append(gain * ratio)
+            lengths = blockwise_step_lengths(gains, curvatures, self.target_kl)
         accepted, kl, new_objective, fraction, shrinks = False, 0.0, old_objective, 0.0, len(fractions)
-        for tried, candidate in enumerate(fractions if step_size > 0.0 else []):
-            kl, new_objective = place(candidate)
+        for tried, candidate in enumerate(fractions if any(length > 0.0 for length in lengths) else []):
+            kl, new_objective = place(candidate, lengths)
             if (
                 line_search_accepts(kl, self.target_kl, new_objective, old_objective)
                 if self.line_search
@@ -622,12 +707,14 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         return {
             "policy_objective": new_objective,
             "kl": kl,
-            "step_size": fraction * step_size,
-            "full_step_size": step_size,
+            "step_size": fraction * lengths[0],
+            "full_step_size": lengths[0],
+            "std_step_size": fraction * lengths[1] if len(lengths) > 1 else float("nan"),
             "natural_grad_dot": natural_grad_dot,
             "line_search_steps": float(shrinks),
             "line_search_success": float(accepted),
-            "kl_model_ratio": model_ratio,
+            "kl_model_ratio": model_ratios[0],
+            "kl_model_ratio_std": model_ratios[1] if len(model_ratios) > 1 else float("nan"),
             "cg_residual": cg_residual,
             "eigh_failures": float(info.eigh_failures),
         }
@@ -736,8 +823,9 @@ class NPG(TensorRolloutMixin, OnPolicyAlgorithm):
         self.logger.record("train/natural_grad_dot", policy_logs["natural_grad_dot"])
         self.logger.record("train/line_search_steps", policy_logs["line_search_steps"])
         self.logger.record("train/is_line_search_success", policy_logs["line_search_success"])
-        if math.isfinite(policy_logs.get("kl_model_ratio", float("nan"))):
-            self.logger.record("train/kl_model_ratio", policy_logs["kl_model_ratio"])
+        for key in ("kl_model_ratio", "kl_model_ratio_std", "std_step_size"):
+            if math.isfinite(policy_logs.get(key, float("nan"))):
+                self.logger.record(f"train/{key}", policy_logs[key])
         if math.isfinite(policy_logs.get("cg_residual", float("nan"))):
             self.logger.record("train/cg_residual", policy_logs["cg_residual"])
         self.logger.record("train/explained_variance", explained_var)

@@ -52,7 +52,9 @@ class DiagonalFisher:
     state-independent ``log_std``), kept with the same cold-start/decay rule as the Kronecker factors.
 
     Preconditions as ``Δ = g / (f + λ)`` (elementwise). Fed by
-    :func:`~acktr.curvature.kfac_math.diagonal_fisher_sample` from the statistics backward.
+    :func:`~acktr.curvature.kfac_math.diagonal_fisher_sample` from the statistics backward — one χ²₁-like
+    sample per element per batch, so it needs many batches (``factor_decay`` near 1) to settle. Where the
+    diagonal is known in closed form, :meth:`set_exact` fixes it and the samples are ignored.
     """
 
     def __init__(self, dtype: torch.dtype) -> None:
@@ -60,13 +62,32 @@ class DiagonalFisher:
         self.diagonal: Tensor | None = None
         self.finite_updates: Tensor | None = None
         self.statistics_updates = 0
+        self.exact = False
+
+    def set_exact(self, diagonal: Tensor) -> None:
+        """Fix the diagonal to a known value (shape of the parameter, entries ≥ 0, in the convention of
+        :func:`~acktr.curvature.kfac_math.diagonal_fisher_sample`: the per-example average), e.g. 2 per
+        element for a Gaussian's state-independent log standard deviation. Later samples are ignored.
+
+        :raises ValueError: for a negative or non-finite entry.
+        """
+        diagonal = diagonal.detach().to(self.dtype)
+        if not bool(torch.isfinite(diagonal).all()) or bool((diagonal < 0).any()):
+            raise ValueError("DiagonalFisher.set_exact: the diagonal must be finite and >= 0")
+        self.diagonal = diagonal.clone()
+        self.finite_updates = torch.ones((), dtype=self.dtype, device=diagonal.device)
+        self.exact = True
 
     @property
     def has_statistics(self) -> bool:
         return self.diagonal is not None
 
     def update(self, sample: Tensor, *, decay: float, cold_iter: int) -> None:
-        """Fold one diagonal sample (shape of the parameter) into the running average."""
+        """Fold one diagonal sample (shape of the parameter) into the running average (counted, not folded,
+        once the diagonal is exact)."""
+        if self.exact:
+            self.statistics_updates += 1
+            return
         sample = sample.detach().to(self.dtype)
         finite = torch.isfinite(sample.sum())
         if self.diagonal is None or self.finite_updates is None:
@@ -89,6 +110,7 @@ class DiagonalFisher:
             "diagonal": None if self.diagonal is None else self.diagonal.clone(),
             "finite_updates": None if self.finite_updates is None else self.finite_updates.clone(),
             "statistics_updates": self.statistics_updates,
+            "exact": self.exact,
         }
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
@@ -96,6 +118,7 @@ class DiagonalFisher:
         self.diagonal = None if diagonal is None else diagonal.to(device=device, dtype=self.dtype)
         self.finite_updates = None if finite is None else finite.to(device=device, dtype=self.dtype)
         self.statistics_updates = int(state.get("statistics_updates", 0))
+        self.exact = bool(state.get("exact", False)) and self.diagonal is not None
 
 
 class CurvatureApproximation:

@@ -117,6 +117,37 @@ def test_identity_keeps_the_plain_gradient_and_state_round_trips() -> None:
     assert not restored.diagonal_fisher(copy.log_std).has_statistics
 
 
+def test_an_exact_diagonal_ignores_samples_preconditions_and_round_trips() -> None:
+    torch.manual_seed(5)
+    policy = GaussianPolicy()
+    kfac = KFAC(policy, uncovered_curvature="diagonal", kl_clip=None, damping=0.1, lr=1.0)
+    fisher = kfac.diagonal_fisher(policy.log_std)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        fisher.set_exact(torch.tensor([2.0, -1.0]))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        fisher.set_exact(torch.tensor([2.0, float("nan")]))
+    assert not fisher.exact and not fisher.has_statistics
+    fisher.set_exact(torch.full((2,), 2.0))
+    obs = torch.randn(8, 3)
+    for _ in range(3):  # one-batch samples (χ²₁ draws) would move it; an exact diagonal stays put
+        with kfac.collect_statistics():
+            policy.zero_grad()
+            sampled_nll(policy, obs).backward()
+    assert fisher.diagonal is not None and torch.equal(fisher.diagonal, torch.full((2,), 2.0))
+    assert fisher.statistics_updates == 3
+    policy.zero_grad()
+    sampled_nll(policy, obs).backward()
+    grad = policy.log_std.grad.clone()
+    kfac.precondition()
+    torch.testing.assert_close(policy.log_std.grad, grad / 2.1)
+
+    copy = GaussianPolicy()
+    restored = KFAC(copy, uncovered_curvature="diagonal")
+    restored.load_state_dict(kfac.state_dict())
+    loaded = restored.diagonal_fisher(copy.log_std)
+    assert loaded.exact and loaded.diagonal is not None and torch.equal(loaded.diagonal, fisher.diagonal)
+
+
 def test_unknown_uncovered_curvature_and_covered_parameters_are_refused() -> None:
     with pytest.raises(ValueError, match="uncovered_curvature must be one of identity, diagonal"):
         KFAC(GaussianPolicy(), uncovered_curvature="full")

@@ -20,7 +20,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
 from acktr.agents import npg as npg_module
-from acktr.agents.fisher import mean_kl, snapshot
+from acktr.agents.fisher import exact_log_std_fisher, mean_kl, snapshot
 from acktr.agents.npg import (
     CALIBRATION_RANGE,
     NPG,
@@ -284,7 +284,14 @@ def test_calibrated_step_lands_the_measured_kl_near_the_target() -> None:
     here); without the line search, the calibrated step's measured KL is δ to second order, and the step is
     the model's step times sqrt(δ / measured KL of the model's step)."""
     model = NPG(
-        "MlpPolicy", "Pendulum-v1", n_steps=2048, n_critic_updates=0, line_search=False, seed=1, device="cpu"
+        "MlpPolicy",
+        "Pendulum-v1",
+        n_steps=2048,
+        n_critic_updates=0,
+        line_search=False,
+        split_std_step=False,  # one block: one calibration factor for every parameter
+        seed=1,
+        device="cpu",
     )
     model.set_logger(configure(None, []))
     ratios = []
@@ -302,8 +309,61 @@ def test_calibrated_step_lands_the_measured_kl_near_the_target() -> None:
             largest=CALIBRATION_RANGE[1],
         )
         assert logged["train/step_size"] == pytest.approx(model_step * scale)
+        assert "train/std_step_size" not in logged
         assert 0.6 * model.target_kl <= logged["train/kl"] <= 1.2 * model.target_kl
     assert max(ratios) > 2.0  # the model was off: the calibration mattered
+
+
+def test_split_std_step_calibrates_the_mean_and_log_std_blocks_apart() -> None:
+    """With ``split_std_step`` the Gaussian's mean parameters and ``log_std`` get step lengths in the ratio
+    the two-block trust region gives (``aᵢ ∝ pᵢ/cᵢ`` with ``cᵢ = pᵢ·ratioᵢ``, so ``a_mean/a_std =
+    ratio_std/ratio_mean``), the step's measured KL is still δ up to third-order terms, and log_std is no
+    longer held back by the mean's too-flat model: its step is longer than the mean's. log_std's diagonal
+    Fisher is the exact 2 per dimension, so its model KL is the measured one (a sampled diagonal from one
+    batch was off by 2.7x here)."""
+    model = NPG(
+        "MlpPolicy", "Pendulum-v1", n_steps=2048, n_critic_updates=0, line_search=False, seed=1, device="cpu"
+    )
+    model.set_logger(configure(None, []))
+    for _ in range(3):
+        _collect(model)
+        log_std_before = model.policy.log_std.detach().clone()
+        model.train()
+        logged = model.logger.name_to_value
+        mean_ratio, std_ratio = logged["train/kl_model_ratio"], logged["train/kl_model_ratio_std"]
+        assert logged["train/step_size"] / logged["train/std_step_size"] == pytest.approx(
+            std_ratio / mean_ratio, rel=1e-6
+        )
+        assert std_ratio == pytest.approx(1.0, abs=0.1)  # the exact Fisher: the quadratic model holds
+        assert mean_ratio > 1.5  # the mean's K-FAC model is the one that is off
+        assert logged["train/std_step_size"] > logged["train/step_size"]
+        assert 0.6 * model.target_kl <= logged["train/kl"] <= 1.4 * model.target_kl
+        assert not th.equal(model.policy.log_std.detach(), log_std_before)
+
+
+def test_blockwise_step_lengths_maximise_the_gain_on_the_kl_ellipse() -> None:
+    gains, curvatures, target = [3.0, 0.5], [12.0, 0.25], 0.01
+    lengths = npg_module.blockwise_step_lengths(gains, curvatures, target)
+    # on the constraint ½ Σ aᵢ² cᵢ = δ ...
+    assert 0.5 * sum(a * a * c for a, c in zip(lengths, curvatures, strict=True)) == pytest.approx(target)
+    # ... and no other point of it gains more (brute force over the ellipse's angle)
+    best = max(
+        gains[0] * math.sqrt(2 * target / curvatures[0]) * math.cos(angle)
+        + gains[1] * math.sqrt(2 * target / curvatures[1]) * math.sin(angle)
+        for angle in [index * math.pi / 20000 for index in range(10001)]
+    )
+    assert sum(a * p for a, p in zip(lengths, gains, strict=True)) == pytest.approx(best, rel=1e-8)
+    # with K-FAC's own curvature (cᵢ = pᵢ) every block gets the one natural step sqrt(2δ / Σ pᵢ)
+    natural = natural_step_size(sum(gains), target)
+    assert npg_module.blockwise_step_lengths(gains, gains, target) == pytest.approx([natural, natural])
+    # a block with no gain or no usable curvature takes no step; none usable: no step at all
+    assert npg_module.blockwise_step_lengths([1.0, 0.0], [1.0, 1.0], target)[1] == 0.0
+    assert npg_module.blockwise_step_lengths([1.0, 1.0], [1.0, float("nan")], target)[1] == 0.0
+    assert npg_module.blockwise_step_lengths([0.0], [1.0], target) == [0.0]
+    with pytest.raises(ValueError, match="target_kl"):
+        npg_module.blockwise_step_lengths([1.0], [1.0], 0.0)
+    with pytest.raises(ValueError, match="gains"):
+        npg_module.blockwise_step_lengths([1.0], [1.0, 2.0], target)
 
 
 def _value_loss(model: NPG, data: Any) -> float:
@@ -603,3 +663,28 @@ def test_a_one_row_rollout_with_advantage_normalisation_is_refused_like_sb3(algo
         with pytest.raises(error, match="n_steps \\* n_envs must be > 1 to normalise advantages"):
             cls("MlpPolicy", "Pendulum-v1", n_steps=1, normalize_advantage=True, device="cpu", **extra)
     cls("MlpPolicy", "Pendulum-v1", n_steps=1, normalize_advantage=False, device="cpu", **extra).learn(3)
+
+
+def test_log_std_fisher_is_exact_for_a_diagonal_gaussian_and_sampled_for_gsde() -> None:
+    """SB3's state-independent log_std has the exact diagonal Fisher 2 per dimension (per-example scores
+    ``z² − 1`` averaged over many draws agree); gSDE's depends on the state's features and keeps the sampled
+    estimate; a Categorical policy has no log_std."""
+    model = NPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, seed=0, device="cpu")
+    exact = exact_log_std_fisher(model.policy)
+    assert exact is not None and th.equal(exact, th.full_like(model.policy.log_std, 2.0))
+    fisher = model.kfac.diagonal_fisher(model.policy.log_std)
+    assert fisher.exact and fisher.diagonal is not None and th.equal(fisher.diagonal, exact)
+    # the closed form against per-example scores of the policy's own Gaussian
+    observation = th.zeros(1, *model.observation_space.shape)
+    normal = model.policy.get_distribution(observation).distribution
+    samples = normal.sample((20000,))
+    log_std = model.policy.log_std
+    scores = th.autograd.functional.jacobian(
+        lambda value: th.distributions.Normal(normal.mean, value.exp()).log_prob(samples).sum(-1), log_std
+    )
+    assert float(scores.square().mean()) == pytest.approx(2.0, rel=0.05)
+
+    gsde = NPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, use_sde=True, seed=0, device="cpu")
+    assert exact_log_std_fisher(gsde.policy) is None
+    assert not gsde.kfac.diagonal_fisher(gsde.policy.log_std).exact
+    assert exact_log_std_fisher(NPG("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64).policy) is None
